@@ -1,0 +1,246 @@
+"""Datasets as uint8 tensors, deterministic training subsets, and augmentation in batches.
+
+Images are decoded once into uint8 (N, 3, H, W) tensors and cached as safetensors under the
+cache directory (never in the data folder, which may be read-only). Training keeps the whole
+set on the device as uint8 and augments a batch at a time there, as the paper does on
+accelerators: reflect-pad 4, random crop back to H x W, horizontal flip, then scale to [0, 1]
+with no mean/std normalisation.
+
+Where data comes from (`dataset`, `data_dir`):
+- cifar10 / cifar100: if `data_dir` holds an ImageFolder copy (train/<class>/*, test/<class>/*)
+  it is read as is; otherwise torchvision's release is read from `data_dir`, downloading it
+  there when online.
+- imagefolder: any root with train/ and test/ (or val/) folders of class subfolders; images are
+  resized to a common size only if they differ (first image's size wins).
+`data_dir` defaults to $WIDEDEEP_DATA_DIR, then to <cache>/data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("cifar10", "cifar100", "imagefolder")
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+DATA_DIR_ENV = "WIDEDEEP_DATA_DIR"
+CACHE_DIR_ENV = "WIDEDEEP_CACHE_DIR"
+PAD = 4
+
+
+def cache_dir() -> Path:
+    """Where decoded data and training checkpoints go: $WIDEDEEP_CACHE_DIR or ~/.cache/widedeep."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "widedeep")
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or cache_dir() / "data")
+
+
+@dataclasses.dataclass
+class ImageData:
+    """A labelled image dataset held as uint8 tensors (on whichever device they were moved to)."""
+
+    name: str
+    classes: tuple[str, ...]
+    train_x: torch.Tensor  # (N, 3, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: torch.device | str) -> "ImageData":
+        return dataclasses.replace(
+            self,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            test_x=self.test_x.to(device),
+            test_y=self.test_y.to(device),
+        )
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
+    """Read a dataset as uint8 tensors on the CPU, through the decode cache."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset={name!r} is unknown; use one of {', '.join(DATASETS)}")
+    root = Path(data_dir) if data_dir else default_data_dir()
+    if name == "imagefolder" or is_image_folder(root):
+        return _load_image_folder(name, root)
+    return _load_torchvision(name, root)
+
+
+def is_image_folder(root: Path) -> bool:
+    return (root / "train").is_dir() and _split_dir(root, "test") is not None
+
+
+def _split_dir(root: Path, split: str) -> Path | None:
+    candidates = ["train"] if split == "train" else ["test", "val"]
+    for c in candidates:
+        if (root / c).is_dir():
+            return root / c
+    return None
+
+
+def _load_image_folder(name: str, root: Path) -> ImageData:
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_dir={str(root)!r} does not exist; set {DATA_DIR_ENV} or data_dir to a dataset root")
+    if not is_image_folder(root):
+        raise FileNotFoundError(
+            f"data_dir={str(root)!r} has no train/ and test/ (or val/) class folders; point data_dir at such a root"
+        )
+    splits = {s: _list_images(_split_dir(root, s)) for s in ("train", "test")}
+    classes = tuple(sorted({c for files in splits.values() for c, _ in files}))
+    if name == "cifar10" and classes != CIFAR10_CLASSES:
+        raise ValueError(f"data_dir={str(root)!r} has classes {classes}, not CIFAR-10's {CIFAR10_CLASSES}")
+    if name == "cifar100" and len(classes) != 100:
+        raise ValueError(f"data_dir={str(root)!r} has {len(classes)} classes, not CIFAR-100's 100")
+
+    listing = json.dumps({s: [(c, str(p.relative_to(root)), p.stat().st_size) for c, p in f] for s, f in splits.items()})
+    key = hashlib.sha256(f"{name}|{root.resolve()}|{listing}".encode()).hexdigest()[:16]
+
+    def decode() -> dict[str, torch.Tensor]:
+        out = {}
+        for split, files in splits.items():
+            x, y = _decode_files(files, classes)
+            out[f"{split}_x"], out[f"{split}_y"] = x, y
+        return out
+
+    return _from_cache(name, key, classes, decode)
+
+
+def _list_images(split_root: Path) -> list[tuple[str, Path]]:
+    files = [
+        (class_dir.name, p)
+        for class_dir in sorted(d for d in split_root.iterdir() if d.is_dir())
+        for p in sorted(class_dir.iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise FileNotFoundError(f"{split_root} holds no images in class subfolders")
+    return files
+
+
+def _decode_files(files: list[tuple[str, Path]], classes: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    index = {c: i for i, c in enumerate(classes)}
+    images = [decode_image(read_file(str(p)), mode=ImageReadMode.RGB) for _, p in files]
+    size = images[0].shape[1:]
+    images = [im if im.shape[1:] == size else _resize(im, size) for im in images]
+    labels = torch.tensor([index[c] for c, _ in files], dtype=torch.int64)
+    return torch.stack(images), labels
+
+
+def _resize(image: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    out = F.interpolate(image[None].float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def _load_torchvision(name: str, root: Path) -> ImageData:
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    key = hashlib.sha256(f"{name}|{root.resolve()}|torchvision".encode()).hexdigest()[:16]
+
+    def decode() -> dict[str, torch.Tensor]:
+        out = {}
+        for split, train in (("train", True), ("test", False)):
+            try:
+                ds = cls(str(root), train=train, download=True)
+            except Exception as err:  # URLError, socket errors, read-only root, ...
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise FileNotFoundError(
+                    f"{name} is not under data_dir={str(root)!r} and could not be downloaded ({reason}); "
+                    f"set {DATA_DIR_ENV} or -P data_dir to a local copy (torchvision's files or an ImageFolder with train/ and test/)"
+                ) from None
+            out[f"{split}_x"] = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+            out[f"{split}_y"] = torch.tensor(ds.targets, dtype=torch.int64)
+        out["classes"] = ds.classes
+        return out
+
+    return _from_cache(name, key, None, decode)
+
+
+def _from_cache(name: str, key: str, classes: tuple[str, ...] | None, decode) -> ImageData:
+    from safetensors.torch import load_file, save_file
+
+    path = cache_dir() / "datasets" / f"{name}-{key}.safetensors"
+    if path.exists():
+        with open(path.with_suffix(".json")) as f:
+            classes = tuple(json.load(f)["classes"])
+        tensors = load_file(str(path))
+    else:
+        tensors = decode()
+        classes = tuple(tensors.pop("classes", classes))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, classes first: a reader never sees tensors without their classes.
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"classes": list(classes)}, f)
+        os.replace(tmp, path.with_suffix(".json"))
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    return ImageData(name=name, classes=classes, **tensors)
+
+
+def subset_indices(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """A deterministic, class-stratified subset: round(fraction * count) examples of each class.
+
+    The same (labels, fraction, seed) always gives the same sorted indices. The paper takes a
+    prefix of the training set; a prefix of a class-sorted ImageFolder listing would hold only a
+    few classes, hence stratification. Seeds of one configuration share the subset (the default
+    seed 0), as in the paper.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data_fraction={fraction!r} must be in (0, 1], e.g. 0.5, 0.25 or 0.0625")
+    labels = labels.cpu()
+    if fraction == 1:
+        return torch.arange(len(labels))
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(labels):
+        members = torch.nonzero(labels == c).flatten()
+        k = max(1, round(fraction * len(members)))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def indices_hash(indices: torch.Tensor) -> str:
+    """A short fingerprint of a subset, logged so that two runs can be checked to share data."""
+    return hashlib.sha256(indices.cpu().to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to floats in [0, 1], the paper's only input scaling."""
+    return images.float().div_(255)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Reflect-pad 4, random crop back to size, random horizontal flip, for a whole batch at once.
+
+    `images` is uint8 (B, C, H, W); returns floats in [0, 1] on the same device. The generator
+    must live on that device; it makes the batch's offsets and flips reproducible.
+    """
+    b, _, h, w = images.shape
+    padded = F.pad(to_float(images), (PAD, PAD, PAD, PAD), mode="reflect")
+    dev = images.device
+    dy = torch.randint(0, 2 * PAD + 1, (b,), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * PAD + 1, (b,), device=dev, generator=generator)
+    flip = torch.rand(b, device=dev, generator=generator) < 0.5
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = torch.arange(w, device=dev).expand(b, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]
+    batch = torch.arange(b, device=dev)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=dev)[None, :, None, None]
+    return padded[batch, channel, rows, cols[:, None, None, :]]

@@ -1,0 +1,193 @@
+"""The CIFAR ResNet v1 family of Nguyen, Raghu & Kornblith (2021), built from a small config.
+
+depth = 6n + 2: a 3x3 stem conv, three stages of n basic blocks (16k, 32k, 64k channels at
+32x32, 16x16, 8x8 for width multiplier k), global average pool, linear head. The first block of
+stages 2 and 3 downsamples with stride 2 and a 1x1 projection shortcut; every other shortcut is
+the identity. He-normal init on conv and dense kernels.
+
+Every layer the paper compares is its own module, so it is reached by name (forward hooks, or
+`model.get_submodule(name)`) and listed in forward order by `layer_names(config)` without
+building the model. For depth 6n+2 that is 9 + 21n layers:
+
+    stem.conv  stem.bn  stem.relu
+    stageS.blockB.{conv1, bn1, relu1, conv2, bn2, [shortcut.conv, shortcut.bn], add, relu}
+    pool  logits
+
+The projection shortcut exists in two blocks (stage2.block1 and stage3.block1), which gives the
+4 layers beyond 3 + 21n + 2. ReLUs are not in-place, so a hooked tensor is never mutated later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Literal
+
+import torch
+from torch import nn
+
+STAGE_CHANNELS = (16, 32, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """All that is needed to rebuild a network; logged as JSON beside its weights."""
+
+    depth: int = 20
+    width: float = 1.0
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6:
+            raise ValueError(
+                f"depth={self.depth!r} is not 6n+2 with n >= 1; use one of 8, 14, 20, 26, 32, 38, 44, 56, 110, 164"
+            )
+        if not self.width > 0:
+            raise ValueError(f"width={self.width!r} must be a positive multiplier, such as 1, 2 or 0.5")
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"num_classes={self.num_classes!r} must be an integer >= 2")
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 2) // 6
+
+    def channels(self, stage: int) -> int:
+        """Channels of stage 1, 2 or 3 (the stem has stage 1's). At least one channel."""
+        return max(1, round(STAGE_CHANNELS[stage - 1] * self.width))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(depth=int(d["depth"]), width=float(d["width"]), num_classes=int(d["num_classes"]))
+
+
+def has_projection(stage: int, block: int) -> bool:
+    return stage > 1 and block == 1
+
+
+def block_layer_names(stage: int, block: int) -> list[str]:
+    prefix = f"stage{stage}.block{block}"
+    names = ["conv1", "bn1", "relu1", "conv2", "bn2"]
+    if has_projection(stage, block):
+        names += ["shortcut.conv", "shortcut.bn"]
+    names += ["add", "relu"]
+    return [f"{prefix}.{n}" for n in names]
+
+
+def residual_blocks(config: ModelConfig) -> list[str]:
+    """Names of the residual blocks in forward order, e.g. 'stage2.block3'."""
+    n = config.blocks_per_stage
+    return [f"stage{s}.block{b}" for s in (1, 2, 3) for b in range(1, n + 1)]
+
+
+def layer_names(config: ModelConfig, which: Literal["all", "blocks"] = "all") -> list[str]:
+    """The layers the paper compares, in forward order.
+
+    "all": every conv, BN, ReLU, residual add, the pooled features and the logits (9 + 21n).
+    "blocks": the output (final ReLU) of each residual block (3n).
+    """
+    if which == "blocks":
+        return [f"{b}.relu" for b in residual_blocks(config)]
+    if which != "all":
+        raise ValueError(f"layers={which!r} is not one of 'all', 'blocks'")
+    names = ["stem.conv", "stem.bn", "stem.relu"]
+    n = config.blocks_per_stage
+    for stage in (1, 2, 3):
+        for block in range(1, n + 1):
+            names += block_layer_names(stage, block)
+    return names + ["pool", "logits"]
+
+
+class Add(nn.Module):
+    """The residual sum as a module, so that it can be hooked by name."""
+
+    def forward(self, residual: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        return residual + shortcut
+
+
+class GlobalAvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, projection: bool):
+        super().__init__()
+        self.conv1 = conv3x3(c_in, c_out, stride)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = conv3x3(c_out, c_out)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (
+            nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                    bn=nn.BatchNorm2d(c_out),
+                )
+            )
+            if projection
+            else nn.Identity()
+        )
+        self.add = Add()
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu(self.add(residual, self.shortcut(x)))
+
+
+class ResNet(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c1 = config.channels(1)
+        self.stem = nn.Sequential(
+            OrderedDict(conv=conv3x3(3, c1), bn=nn.BatchNorm2d(c1), relu=nn.ReLU())
+        )
+        c_in = c1
+        for stage in (1, 2, 3):
+            c_out = config.channels(stage)
+            blocks = OrderedDict()
+            for block in range(1, config.blocks_per_stage + 1):
+                stride = 2 if has_projection(stage, block) else 1
+                blocks[f"block{block}"] = BasicBlock(c_in, c_out, stride, has_projection(stage, block))
+                c_in = c_out
+            self.add_module(f"stage{stage}", nn.Sequential(blocks))
+        self.pool = GlobalAvgPool()
+        self.logits = nn.Linear(c_in, config.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.logits(self.pool(x))
+
+
+def build_model(config: ModelConfig) -> ResNet:
+    return ResNet(config)
+
+
+def decayed_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(conv and dense kernels, everything else): the paper's L2 applies to the first group only."""
+    kernels, others = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            is_kernel = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+            (kernels if is_kernel else others).append(p)
+    return kernels, others

@@ -1,0 +1,6 @@
+"""One thin module per MLproject entry point: parse, open the run, call `analysis`, log."""
+
+import os
+
+# Runs before any entry point imports mlflow: offline machines must not wait on telemetry.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
