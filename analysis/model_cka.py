@@ -1,0 +1,90 @@
+"""Layer-by-layer CKA of one or more models over a dataset, on the same batches for all.
+
+The paper's protocol: the test images, batches of 256, 10 passes each reshuffled, BN in
+inference mode. Every model sees the same batches, and the Grams of all layers of all models
+go into one MinibatchCKA, so each batch costs one product of the stacked U-centred Grams; each
+model's own heatmap and each cross-model heatmap are blocks of that joint matrix.
+A pass drops its last partial batch (unless it is the only one), so every batch has equal
+weight and size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .cka import MIN_BATCH, MinibatchCKA
+from .features import batch_grams
+
+
+@dataclasses.dataclass
+class ModelCKA:
+    names: list[list[str]]  # layer names per model
+    joint: np.ndarray  # CKA over the concatenated layers of all models
+    accuracy: list[float]  # accuracy of each model on the examples analysed
+    batches: int
+
+    def _offsets(self) -> list[int]:
+        return list(np.cumsum([0] + [len(n) for n in self.names]))
+
+    def within(self, i: int) -> np.ndarray:
+        o = self._offsets()
+        return self.joint[o[i] : o[i + 1], o[i] : o[i + 1]]
+
+    def cross(self, i: int, j: int) -> np.ndarray:
+        o = self._offsets()
+        return self.joint[o[i] : o[i + 1], o[j] : o[j + 1]]
+
+
+def pass_batches(num_examples: int, batch_size: int, passes: int, seed: int) -> list[torch.Tensor]:
+    """Index batches for `passes` reshuffled passes over the examples."""
+    if batch_size < MIN_BATCH:
+        raise ValueError(f"batch_size={batch_size} is too small for unbiased HSIC; use >= {MIN_BATCH} (the paper: 256)")
+    if num_examples < MIN_BATCH:
+        raise ValueError(f"num_examples={num_examples} is too small for unbiased HSIC; use >= {MIN_BATCH}")
+    if passes < 1:
+        raise ValueError(f"passes={passes} must be >= 1 (the paper: 10)")
+    size = min(batch_size, num_examples)
+    out = []
+    for p in range(passes):
+        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 7919 + p))
+        out += list(order[: num_examples - num_examples % size].split(size))
+    return out
+
+
+def model_cka(
+    models: Sequence[torch.nn.Module],
+    layer_names: Sequence[Sequence[str]],
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int = 256,
+    passes: int = 10,
+    seed: int = 0,
+    model_labels: Sequence[str] | None = None,
+    progress: bool | None = None,
+) -> ModelCKA:
+    """CKA within and across `models` (each already on its device) over uint8 `images`."""
+    model_labels = model_labels or [f"model{m}" for m in range(len(models))]
+    acc = MinibatchCKA([f"{label}:{n}" for label, names in zip(model_labels, layer_names) for n in names])
+    correct = [0] * len(models)
+    batches = pass_batches(len(images), batch_size, passes, seed)
+    per_pass = len(batches) // passes
+    for k, index in enumerate(tqdm(batches, desc="CKA batches", disable=None if progress is None else not progress)):
+        grams = []
+        for m, (model, names) in enumerate(zip(models, layer_names)):
+            g, logits = batch_grams(model, names, images[index])
+            grams.append(g.to(grams[0].device) if grams else g)
+            if k < per_pass:  # accuracy over the first pass, which sees each example at most once
+                correct[m] += int((logits.argmax(1).cpu() == targets[index]).sum())
+        acc.update_grams(torch.cat(grams))
+    first_pass = sum(len(b) for b in batches[:per_pass])
+    return ModelCKA(
+        names=[list(n) for n in layer_names],
+        joint=acc.compute(),
+        accuracy=[c / first_pass for c in correct],
+        batches=len(batches),
+    )

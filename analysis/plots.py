@@ -1,0 +1,80 @@
+"""Figures in the paper's style. Needs matplotlib only (no torch), so queries can plot too."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs log figures to MLflow, they are never shown
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+CMAP = "magma"
+
+
+def stage_of(layer: str) -> str:
+    """'stage2.block3.add' -> 'stage2'; 'stem.conv' -> 'stem'; 'logits' -> 'head'."""
+    head = layer.split(".")[0]
+    return head if head.startswith(("stage", "stem")) else "head"
+
+
+def stage_spans(names: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(stage, first index, last index) for each contiguous stage in layer order."""
+    spans: list[tuple[str, int, int]] = []
+    for i, name in enumerate(names):
+        stage = stage_of(name)
+        if spans and spans[-1][0] == stage:
+            spans[-1] = (stage, spans[-1][1], i)
+        else:
+            spans.append((stage, i, i))
+    return spans
+
+
+def _mark_stages(ax, names: Sequence[str], axis: str) -> None:
+    spans = stage_spans(names)
+    centres = [(a + b) / 2 for _, a, b in spans]
+    labels = [s for s, _, _ in spans]
+    for _, a, _ in spans[1:]:
+        (ax.axvline if axis == "x" else ax.axhline)(a - 0.5, color="white", lw=0.8, alpha=0.8)
+    if axis == "x":
+        ax.set_xticks(centres, labels, fontsize=8)
+    else:
+        ax.set_yticks(centres, labels, fontsize=8, rotation=90, va="center")
+
+
+def heatmap(
+    matrix: np.ndarray,
+    names_y: Sequence[str],
+    names_x: Sequence[str] | None = None,
+    title: str = "",
+    subtitle: str = "",
+    blocks: Sequence[tuple[int, int]] = (),
+    ax=None,
+) -> Figure:
+    """CKA heatmap: layer 0 at the bottom-left as in the paper, stages marked, colour bar 0 to 1.
+    `blocks` are (start, end) index ranges outlined in cyan (detected block structure)."""
+    names_x = names_y if names_x is None else names_x
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=120)
+    else:
+        fig = ax.figure
+    im = ax.imshow(matrix, origin="lower", cmap=CMAP, vmin=0, vmax=1, interpolation="nearest")
+    for start, end in blocks:
+        ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), end - start + 1, end - start + 1, fill=False, ec="cyan", lw=1.2))
+    _mark_stages(ax, names_x, "x")
+    _mark_stages(ax, names_y, "y")
+    ax.set_xlabel(f"layer ({len(names_x)})")
+    ax.set_ylabel(f"layer ({len(names_y)})")
+    if title:
+        ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
+    if own:
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="CKA")
+        fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny real CIFAR-10 ImageFolder, and real SQLite MLflow stores copied from one
+template (creating a store runs schema migrations for seconds; copying the file takes ~0.1 s)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+TRAIN_PER_CLASS, TEST_PER_CLASS = 30, 10
+
+
+def make_image_folder(root: Path) -> Path:
+    """30 train and 10 test images per class, copied from the real CIFAR-10 beside the repo when it
+    is there, else random JPEGs of the same layout (labels then carry no signal)."""
+    import torch
+    from torchvision.io import encode_jpeg
+
+    generator = torch.Generator().manual_seed(0)
+    for split, per_class in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        for c in CLASSES:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                dst = root / split / c / f"{i:04d}.jpg"
+                src = SHARED_CIFAR / split / c / f"{i:04d}.jpg"
+                if src.exists():
+                    shutil.copy(src, dst)
+                else:
+                    dst.write_bytes(encode_jpeg(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator)).numpy().tobytes())
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data") / "cifar10")
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """A migrated, empty SQLite tracking store, made once per session in a subprocess."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    code = "import mlflow, sys; mlflow.set_tracking_uri(sys.argv[1]); mlflow.search_experiments()"
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}"], check=True, env={**os.environ})
+    return path
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, store_template, tiny_data, cache_root) -> Path:
+    """A fresh tracking store in the test's own directory, which is also the working directory
+    (artifacts go to ./mlruns as with MLflow's defaults). Returns that directory."""
+    import mlflow
+
+    shutil.copy(store_template, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("WIDEDEEP_DATA_DIR", str(tiny_data))
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache_root))
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def mlflow_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`mlflow run <repo> ...` as a user would type it, in `cwd`, with the test's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", *args],
+        cwd=cwd, env={**os.environ}, capture_output=True, text=True, timeout=600,
+    )
