@@ -132,10 +132,15 @@ def _list_images(split_root: Path) -> list[tuple[str, Path]]:
 
 
 def _decode_files(files: list[tuple[str, Path]], classes: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    import numpy as np
+    from PIL import Image
+
+    def decode(path: Path) -> torch.Tensor:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous()
 
     index = {c: i for i, c in enumerate(classes)}
-    images = [decode_image(read_file(str(p)), mode=ImageReadMode.RGB) for _, p in files]
+    images = [decode(p) for _, p in files]
     size = images[0].shape[1:]
     images = [im if im.shape[1:] == size else _resize(im, size) for im in images]
     labels = torch.tensor([index[c] for c, _ in files], dtype=torch.int64)

@@ -22,10 +22,10 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 30, 10
 def make_image_folder(root: Path) -> Path:
     """30 train and 10 test images per class, copied from the real CIFAR-10 beside the repo when it
     is there, else random JPEGs of the same layout (labels then carry no signal)."""
-    import torch
-    from torchvision.io import encode_jpeg
+    import numpy as np
+    from PIL import Image
 
-    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     for split, per_class in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
         for c in CLASSES:
             (root / split / c).mkdir(parents=True)
@@ -35,7 +35,7 @@ def make_image_folder(root: Path) -> Path:
                 if src.exists():
                     shutil.copy(src, dst)
                 else:
-                    dst.write_bytes(encode_jpeg(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator)).numpy().tobytes())
+                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(dst)
     return root
 
 
@@ -78,8 +78,10 @@ def store(tmp_path, monkeypatch, store_template, tiny_data, cache_root) -> Path:
 
 
 def mlflow_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`mlflow run <repo> ...` as a user would type it, in `cwd`, with the test's environment."""
+    """`mlflow run <repo> ...` as a user would type it, in `cwd`, with the test's environment and
+    its Python first on PATH (the MLproject commands call `python`, as in an activated venv)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", *args],
-        cwd=cwd, env={**os.environ}, capture_output=True, text=True, timeout=600,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
     )

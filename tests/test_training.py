@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+
+from analysis import checkpoints
+from analysis.config import TrainConfig
+from analysis.data import load_dataset
+from analysis.training import cosine_lr, train
+
+TINY = dict(depth=8, width=0.25, epochs=3, batch_size=50, device="cpu")
+
+
+@pytest.fixture
+def data(tiny_data, cache_root, monkeypatch):
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache_root))
+    return load_dataset("cifar10", tiny_data)
+
+
+def test_cosine_schedule_decays_from_lr_to_zero():
+    assert cosine_lr(0, 100, 0.01) == pytest.approx(0.01)
+    assert cosine_lr(50, 100, 0.01) == pytest.approx(0.005)
+    assert cosine_lr(100, 100, 0.01) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_training_reports_every_epoch_and_fits_a_small_set(data):
+    seen = []
+    result = train(TrainConfig(**{**TINY, "epochs": 8, "lr": 0.05}), data, on_epoch=lambda e, m: seen.append((e, m)), progress=False)
+    assert [e for e, _ in seen] == list(range(1, 9))
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.train_size == 300 and len(result.subset_hash) == 16
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "images_per_sec"):
+        assert math.isfinite(seen[-1][1][key])
+
+
+def test_same_seed_same_weights_other_seed_other_weights(data):
+    a = train(TrainConfig(**{**TINY, "epochs": 1}), data, progress=False).model.state_dict()
+    b = train(TrainConfig(**{**TINY, "epochs": 1}), data, progress=False).model.state_dict()
+    c = train(TrainConfig(**{**TINY, "epochs": 1, "seed": 1}), data, progress=False).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["logits.weight"], c["logits.weight"])
+
+
+def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
+    config = TrainConfig(**TINY)
+    uninterrupted = train(config, data, progress=False)
+
+    path = tmp_path / "ckpt.safetensors"
+
+    def die_after_first_epoch(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt  # as a kill between epochs would
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, checkpoint=path, checkpoint_meta={"lineage": "x"}, on_epoch=die_after_first_epoch, progress=False)
+    assert len(checkpoints.read_meta(path)["history"]) == 1
+    replayed = []
+    resumed = train(config, data, checkpoint=path, on_epoch=lambda e, m: replayed.append(e), progress=False)
+    assert resumed.resumed_from_epoch == 1 and replayed == [1, 2, 3]
+    expected = uninterrupted.model.state_dict()
+    got = resumed.model.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert [h["test_loss"] for h in resumed.history] == [h["test_loss"] for h in uninterrupted.history]
+
+
+def test_no_partial_checkpoint_files_are_left(data, tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    train(TrainConfig(**{**TINY, "epochs": 1}), data, checkpoint=path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
+
+
+def test_diverging_loss_is_an_error_naming_lr(data):
+    with pytest.raises(FloatingPointError, match=r"loss became nan in epoch 1; lower lr=1000000000000.0"):
+        train(TrainConfig(**{**TINY, "epochs": 2, "lr": 1e12}), data, progress=False)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("data_fraction", 0.0), ("data_fraction", 1.5), ("epochs", 0), ("batch_size", 1), ("lr", -1.0),
+    ("dataset", "mnist"), ("device", "tpu"), ("depth", 21), ("width", 0.0),
+])
+def test_bad_config_values_are_named(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value!r}"):
+        TrainConfig(**{field: value})
+
+
+def test_fraction_leaving_fewer_examples_than_a_batch(data):
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        train(TrainConfig(**{**TINY, "data_fraction": 0.1}), data, progress=False)
