@@ -137,7 +137,7 @@ def _decode_files(files: list[tuple[str, Path]], classes: tuple[str, ...]) -> tu
 
     def decode(path: Path) -> torch.Tensor:
         with Image.open(path) as im:
-            return torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
 
     index = {c: i for i, c in enumerate(classes)}
     images = [decode(p) for _, p in files]

@@ -20,7 +20,15 @@ from .runtime import autocast
 
 @contextlib.contextmanager
 def tapped(model: torch.nn.Module, names: Sequence[str], on_output: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
-    """While open, every forward pass calls on_output(i, output) for layer names[i]."""
+    """While open, every forward pass calls on_output(i, output) for layer names[i]. Whatever
+    on_output returns is dropped: the layer's output passes on unchanged."""
+
+    def hook_for(i: int):
+        def hook(_module, _inputs, output) -> None:
+            on_output(i, output)
+
+        return hook
+
     handles = []
     try:
         for i, name in enumerate(names):
@@ -28,7 +36,7 @@ def tapped(model: torch.nn.Module, names: Sequence[str], on_output: Callable[[in
                 module = model.get_submodule(name)
             except AttributeError:
                 raise ValueError(f"layer {name!r} is not in the model") from None
-            handles.append(module.register_forward_hook(lambda _m, _in, out, i=i: on_output(i, out)))
+            handles.append(module.register_forward_hook(hook_for(i)))
         yield
     finally:
         for h in handles:
