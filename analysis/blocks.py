@@ -121,3 +121,11 @@ def in_block_mask(blocks: Sequence[Block], num_layers: int) -> np.ndarray:
     for b in blocks:
         mask[b.start : b.end + 1] = True
     return mask
+
+
+def layers_in_blocks(blocks: Sequence[Block], names: Sequence[str], layers: Sequence[str]) -> np.ndarray:
+    """For each of `layers`, whether it falls inside a detected block (by its index in `names`;
+    layers not in `names` are outside)."""
+    mask = in_block_mask(blocks, len(names))
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([layer in index and bool(mask[index[layer]]) for layer in layers])

@@ -23,11 +23,16 @@ import torch
 MIN_BATCH = 4  # HSIC1 divides by n - 3 and n - 2
 
 
-def gram(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Linear Gram matrix of the batch-centred features, x of shape (n, ...) flattened per example."""
+def centred(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Features of shape (n, ...) flattened per example, in `dtype`, minus their batch mean."""
     x = torch.as_tensor(x)
     x = x.reshape(x.shape[0], -1).to(dtype)
-    x = x - x.mean(dim=0, keepdim=True)
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def gram(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Linear Gram matrix of the batch-centred features, x of shape (n, ...) flattened per example."""
+    x = centred(x, dtype)
     return x @ x.T
 
 

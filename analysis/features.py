@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .cka import gram
+from .cka import centred
 from .data import to_float
 from .runtime import autocast
 
@@ -44,15 +44,29 @@ def tapped(model: torch.nn.Module, names: Sequence[str], on_output: Callable[[in
 
 
 @torch.inference_mode()
-def batch_grams(model: torch.nn.Module, names: Sequence[str], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Grams (L, n, n) float64 of the named layers, logits) for one batch of uint8 images."""
-    device = next(model.parameters()).device
-    grams = torch.empty(len(names), len(images), len(images), dtype=torch.float64, device=device)
+def batch_reductions(
+    model: torch.nn.Module,
+    names: Sequence[str],
+    images: torch.Tensor,
+    directions: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One forward pass over a batch of uint8 images, reduced per layer as it runs.
 
-    def store(i: int, out: torch.Tensor) -> None:
-        grams[i] = gram(out)
+    Returns (Grams (L, n, n) float64 of the batch-centred activations; with `directions`, the
+    projections (L, n) of those activations on each layer's unit direction, else None; logits).
+    """
+    device = next(model.parameters()).device
+    n = len(images)
+    grams = torch.empty(len(names), n, n, dtype=torch.float64, device=device)
+    projections = None if directions is None else torch.empty(len(names), n, dtype=torch.float64, device=device)
+
+    def reduce(i: int, out: torch.Tensor) -> None:
+        x = centred(out)
+        grams[i] = x @ x.T
+        if projections is not None:
+            projections[i] = x @ directions[i]
 
     x = to_float(images.to(device)).contiguous(memory_format=torch.channels_last)
-    with tapped(model, names, store), autocast(device):
+    with tapped(model, names, reduce), autocast(device):
         logits = model(x)
-    return grams, logits.float()
+    return grams, projections, logits.float()

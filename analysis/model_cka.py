@@ -4,6 +4,8 @@ The paper's protocol: the test images, batches of 256, 10 passes each reshuffled
 inference mode. Every model sees the same batches, and the Grams of all layers of all models
 go into one MinibatchCKA, so each batch costs one product of the stacked U-centred Grams; each
 model's own heatmap and each cross-model heatmap are blocks of that joint matrix.
+With PC1 directions (pca.estimate_pc1), the same forward pass also feeds CKA with each layer's
+PC1 removed (Grams K - q q^T) and CKA of the PC1 projections alone (Grams q q^T).
 A pass drops its last partial batch (unless it is the only one), so every batch has equal
 weight and size.
 """
@@ -18,26 +20,27 @@ import torch
 from tqdm.auto import tqdm
 
 from .cka import MIN_BATCH, MinibatchCKA
-from .features import batch_grams
+from .features import batch_reductions
+
+VARIANTS = ("cka", "without_pc1", "pc1_only")
 
 
 @dataclasses.dataclass
 class ModelCKA:
     names: list[list[str]]  # layer names per model
-    joint: np.ndarray  # CKA over the concatenated layers of all models
+    joint: dict[str, np.ndarray]  # variant -> CKA over the concatenated layers of all models
     accuracy: list[float]  # accuracy of each model on the examples analysed
     batches: int
 
-    def _offsets(self) -> list[int]:
-        return list(np.cumsum([0] + [len(n) for n in self.names]))
+    def _span(self, i: int) -> slice:
+        offsets = np.cumsum([0] + [len(n) for n in self.names])
+        return slice(offsets[i], offsets[i + 1])
 
-    def within(self, i: int) -> np.ndarray:
-        o = self._offsets()
-        return self.joint[o[i] : o[i + 1], o[i] : o[i + 1]]
+    def within(self, i: int, variant: str = "cka") -> np.ndarray:
+        return self.joint[variant][self._span(i), self._span(i)]
 
-    def cross(self, i: int, j: int) -> np.ndarray:
-        o = self._offsets()
-        return self.joint[o[i] : o[i + 1], o[j] : o[j + 1]]
+    def cross(self, i: int, j: int, variant: str = "cka") -> np.ndarray:
+        return self.joint[variant][self._span(i), self._span(j)]
 
 
 def pass_batches(num_examples: int, batch_size: int, passes: int, seed: int) -> list[torch.Tensor]:
@@ -65,26 +68,39 @@ def model_cka(
     passes: int = 10,
     seed: int = 0,
     model_labels: Sequence[str] | None = None,
+    directions: Sequence[Sequence[torch.Tensor]] | None = None,
     progress: bool | None = None,
 ) -> ModelCKA:
-    """CKA within and across `models` (each already on its device) over uint8 `images`."""
+    """CKA within and across `models` (each already on its device) over uint8 `images`.
+    `directions[m][l]`: PC1 of model m's layer l, to also compute the PC1 variants."""
     model_labels = model_labels or [f"model{m}" for m in range(len(models))]
-    acc = MinibatchCKA([f"{label}:{n}" for label, names in zip(model_labels, layer_names) for n in names])
+    flat = [f"{label}:{n}" for label, names in zip(model_labels, layer_names) for n in names]
+    variants = VARIANTS if directions is not None else VARIANTS[:1]
+    accumulators = {v: MinibatchCKA(flat) for v in variants}
     correct = [0] * len(models)
     batches = pass_batches(len(images), batch_size, passes, seed)
     per_pass = len(batches) // passes
     for k, index in enumerate(tqdm(batches, desc="CKA batches", disable=None if progress is None else not progress)):
-        grams = []
+        grams, projections = [], []
         for m, (model, names) in enumerate(zip(models, layer_names)):
-            g, logits = batch_grams(model, names, images[index])
-            grams.append(g.to(grams[0].device) if grams else g)
+            g, q, logits = batch_reductions(model, names, images[index], None if directions is None else directions[m])
+            device = grams[0].device if grams else g.device
+            grams.append(g.to(device))
+            if q is not None:
+                projections.append(q.to(device))
             if k < per_pass:  # accuracy over the first pass, which sees each example at most once
                 correct[m] += int((logits.argmax(1).cpu() == targets[index]).sum())
-        acc.update_grams(torch.cat(grams))
+        grams = torch.cat(grams)
+        accumulators["cka"].update_grams(grams)
+        if directions is not None:
+            q = torch.cat(projections)
+            pc1_only = q[:, :, None] * q[:, None, :]
+            accumulators["without_pc1"].update_grams(grams - pc1_only)
+            accumulators["pc1_only"].update_grams(pc1_only)
     first_pass = sum(len(b) for b in batches[:per_pass])
     return ModelCKA(
         names=[list(n) for n in layer_names],
-        joint=acc.compute(),
+        joint={v: acc.compute() for v, acc in accumulators.items()},
         accuracy=[c / first_pass for c in correct],
         batches=len(batches),
     )

@@ -76,10 +76,13 @@ def block_layer_names(stage: int, block: int) -> list[str]:
     return [f"{prefix}.{n}" for n in names]
 
 
-def residual_blocks(config: ModelConfig) -> list[str]:
-    """Names of the residual blocks in forward order, e.g. 'stage2.block3'."""
+def residual_blocks(config: ModelConfig, identity_only: bool = False) -> list[str]:
+    """Names of the residual blocks in forward order, e.g. 'stage2.block3'; with
+    `identity_only`, only those whose shortcut is the identity (the ones that can be deleted)."""
     n = config.blocks_per_stage
-    return [f"stage{s}.block{b}" for s in (1, 2, 3) for b in range(1, n + 1)]
+    return [
+        f"stage{s}.block{b}" for s in (1, 2, 3) for b in range(1, n + 1) if not (identity_only and has_projection(s, b))
+    ]
 
 
 def layer_names(config: ModelConfig, which: Literal["all", "blocks"] = "all") -> list[str]:

@@ -78,3 +78,58 @@ def heatmap(
 
 def close(fig: Figure) -> None:
     plt.close(fig)
+
+
+def shade(ax, spans: Sequence[tuple[float, float]], label: str = "block structure") -> None:
+    for k, (start, end) in enumerate(spans):
+        ax.axvspan(start - 0.5, end + 0.5, color="tab:orange", alpha=0.15, lw=0, label=label if k == 0 else None)
+
+
+def mask_spans(mask: Sequence[bool]) -> list[tuple[int, int]]:
+    """Contiguous True runs of a boolean sequence as (start, end) index pairs."""
+    spans, start = [], None
+    for i, m in enumerate(list(mask) + [False]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            spans.append((start, i - 1))
+            start = None
+    return spans
+
+
+def curves(
+    labels: Sequence[str],
+    series: dict[str, Sequence[float]],
+    in_block: Sequence[bool],
+    ylabel: str,
+    title: str,
+    hline: tuple[float, str] | None = None,
+) -> Figure:
+    """One line per series over named positions (layers or residual blocks), the detected block
+    shaded. Tick labels thin out when there are many positions."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=120)
+    x = np.arange(len(labels))
+    shade(ax, mask_spans(in_block))
+    for name, values in series.items():
+        ax.plot(x, values, marker="o", ms=3, lw=1.4, label=name)
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", ls="--", lw=1, label=hline[1])
+    step = max(1, len(labels) // 24)
+    ax.set_xticks(x[::step], [labels[i] for i in x[::step]], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_pair(left: np.ndarray, right: np.ndarray, names: Sequence[str], titles: tuple[str, str], suptitle: str,
+                 blocks: Sequence[tuple[int, int]] = ()) -> Figure:
+    """Two heatmaps side by side on one colour scale (e.g. CKA with and without PC1)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), dpi=120)
+    for ax, matrix, title in zip(axes, (left, right), titles):
+        heatmap(matrix, names, title=title, blocks=blocks, ax=ax)
+    fig.colorbar(axes[0].images[0], ax=axes, fraction=0.025, pad=0.02, label="CKA")
+    fig.suptitle(suptitle, fontsize=10)
+    return fig

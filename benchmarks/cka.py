@@ -29,7 +29,7 @@ import torch
 
 from analysis.cka import MinibatchCKA, gram
 from analysis.data import load_dataset
-from analysis.features import batch_grams, tapped
+from analysis.features import batch_reductions, tapped
 from analysis.models import ModelConfig, build_model, layer_names
 from analysis.runtime import prepare_model, resolve_device
 
@@ -135,7 +135,7 @@ def main() -> None:
     acc = MinibatchCKA(names)
 
     def full(x):
-        grams, _ = batch_grams(model, names, x)
+        grams, _, _ = batch_reductions(model, names, x)
         acc.update_grams(grams)
 
     t_full = sum(timed(lambda: full(x), device)[1] for x in batches)
@@ -147,7 +147,7 @@ def main() -> None:
     t_ref = t_peer = 0.0
     hsic1 = load_peer_hsic()
     for x in batches[: args.peer_batches]:
-        grams64, _ = batch_grams(model, names, x)
+        grams64, _, _ = batch_reductions(model, names, x)
         mine.update_grams(grams64)
         r, dt = timed(lambda: reference_pairs(list(grams64)), device)
         ref_sum, t_ref = ref_sum + r, t_ref + dt

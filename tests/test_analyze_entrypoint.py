@@ -42,12 +42,15 @@ def artifact(run_id: str, path: str):
 def test_mlflow_run_analyze_logs_every_artifact_and_tags_the_version(store):
     uri = register(0)
     proc = mlflow_cli("-e", "analyze", "-P", f"models={uri}", "-P", "num_examples=60", "-P", "batch_size=20",
-                      "-P", "passes=2", "-P", "device=cpu", cwd=store)
+                      "-P", "passes=2", "-P", "device=cpu", "-P", "analyses=cka,pc,probes,deletion",
+                      "-P", "probe_examples=200", cwd=store)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'analyze'", output_format="list")
     assert run.info.status == "FINISHED" and run.data.tags["analysis.model_uri"] == uri
     files = {f.path for f in MlflowClient().list_artifacts(run.info.run_id, "cka")}
-    assert files == {"cka/cka.npy", "cka/cka.csv", "cka/heatmap.png", "cka/summary.json"}
+    expected = {"cka.npy", "cka.csv", "heatmap.png", "summary.json", "cka_without_pc1.npy", "cka_without_pc1.csv",
+                "cka_pc1_only.npy", "cka_pc1_only.csv", "heatmap_without_pc1.png", "pc1_share.png", "probes.png", "deletion.png"}
+    assert files == {f"cka/{f}" for f in expected}
     matrix = artifact(run.info.run_id, "cka/cka.npy")
     names = layer_names(ModelConfig(8, 0.25))
     assert matrix.shape == (len(names), len(names)) and np.all(np.diag(matrix) == 1) and np.array_equal(matrix, matrix.T)
@@ -56,6 +59,9 @@ def test_mlflow_run_analyze_logs_every_artifact_and_tags_the_version(store):
     summary = json.loads(artifact(run.info.run_id, "cka/summary.json"))
     assert summary["num_examples"] == 60 and summary["batches"] == 6 and "block_count" in summary["metrics"]
     assert "block_count" in run.data.metrics
+    assert "pc1_share" in summary and len(summary["deletion_accuracy"]) == 1  # ResNet-8: one identity block
+    assert len(summary["probe_accuracy"]["subset"]) == 6  # bn2 and relu of 3 blocks
+    assert {"pc1_share_in_block", "pc1_share_outside"} & set(run.data.metrics) or summary["metrics"]["block_count"] == 0
     version = MlflowClient().get_model_version(NAME, "1")
     assert version.tags["analysis_run_id"] == run.info.run_id and "block_count" in version.tags
 
