@@ -36,6 +36,7 @@ class TrainConfig:
     device: str = "auto"
     subset_seed: int = 0  # picks the data_fraction subset; shared by all seeds, as in the paper
     eval_batch_size: int = 1000
+    eval_every: int = 1  # epochs between test-set evaluations; the last epoch is always evaluated
     channels_last: bool = True  # measured faster on CPU and GPU alike (docs/performance.md)
 
     def __post_init__(self) -> None:
@@ -50,6 +51,7 @@ class TrainConfig:
             (self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}"),
             (self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}"),
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
+            (self.eval_every >= 1, "eval_every", "an integer >= 1"),
         ]
         for ok, name, allowed in checks:
             if not ok:
@@ -61,7 +63,7 @@ class TrainConfig:
     def fingerprint(self, *extra: str) -> str:
         """A hash of everything that determines the trained weights (device settings excluded)."""
         fields = dataclasses.asdict(self)
-        for k in ("device", "eval_batch_size", "channels_last"):
+        for k in ("device", "eval_batch_size", "eval_every", "channels_last"):
             fields.pop(k)
         return hashlib.sha256(json.dumps([fields, *extra], sort_keys=True).encode()).hexdigest()[:20]
 

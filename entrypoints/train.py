@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data_dir", default=d.data_dir)
     p.add_argument("--device", default=d.device)
     p.add_argument("--subset_seed", type=int, default=d.subset_seed)
+    p.add_argument("--eval_every", type=int, default=d.eval_every, help="epochs between test evaluations")
     return p.parse_args(argv)
 
 
@@ -55,6 +56,7 @@ def main(args: argparse.Namespace) -> None:
             data_dir=args.data_dir,
             device=args.device,
             subset_seed=args.subset_seed,
+            eval_every=args.eval_every,
         )
         mlflow.log_param("epochs_resolved", config.epochs)
         data = load_dataset(config.dataset, config.data_dir or None)

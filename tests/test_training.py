@@ -86,3 +86,8 @@ def test_bad_config_values_are_named(field, value):
 def test_fraction_leaving_fewer_examples_than_a_batch(data):
     with pytest.raises(ValueError, match="fewer than batch_size"):
         train(TrainConfig(**{**TINY, "data_fraction": 0.1}), data, progress=False)
+
+
+def test_eval_every_skips_test_passes_but_always_scores_the_last_epoch(data):
+    result = train(TrainConfig(**{**TINY, "epochs": 5, "eval_every": 2}), data, progress=False)
+    assert ["test_accuracy" in h for h in result.history] == [False, True, False, True, True]
