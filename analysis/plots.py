@@ -133,3 +133,44 @@ def heatmap_pair(left: np.ndarray, right: np.ndarray, names: Sequence[str], titl
     fig.colorbar(axes[0].images[0], ax=axes, fraction=0.025, pad=0.02, label="CKA")
     fig.suptitle(suptitle, fontsize=10)
     return fig
+
+
+def trend(table, x: str, panel: str, y: str, title: str) -> Figure:
+    """`y` (mean, with its std as error bars) against `x`, one panel per value of `panel`, one line
+    per data fraction: the paper's 'block structure grows with width/depth/less data' view."""
+    panels = sorted(table[panel].unique())
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.4), dpi=120, squeeze=False, sharey=True)
+    for ax, value in zip(axes[0], panels):
+        sub = table[table[panel] == value]
+        for fraction, line in sorted(sub.groupby("data_fraction"), key=lambda kv: kv[0]):
+            line = line.sort_values(x)
+            ax.errorbar(line[x], line[f"{y}_mean"], yerr=line[f"{y}_std"].fillna(0), marker="o", capsize=3,
+                        label=f"data {fraction:g}")
+        ax.set_title(f"{panel} {value:g}", fontsize=9)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(y.replace("_", " "))
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_grid(cells: dict, depths: Sequence, widths: Sequence, title: str) -> Figure:
+    """The paper's Figure 1 layout: rows depth, columns width; `cells[(depth, width)]` is
+    (matrix, layer names, caption), missing cells left blank."""
+    fig, axes = plt.subplots(len(depths), len(widths), figsize=(2.9 * len(widths), 2.8 * len(depths)), dpi=110, squeeze=False)
+    for r, depth in enumerate(depths):
+        for c, width in enumerate(widths):
+            ax = axes[len(depths) - 1 - r][c]  # deepest at the top, as in the paper
+            if (depth, width) not in cells:
+                ax.axis("off")
+                continue
+            matrix, names, caption = cells[(depth, width)]
+            ax.imshow(matrix, origin="lower", cmap=CMAP, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"depth {depth}, width {width:g}\n{caption}", fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

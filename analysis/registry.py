@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .models import ModelConfig, ResNet, build_model
+from .queries import search_versions
 
 FORMAT = 1
 CONFIG_FILE = "config.json"
@@ -98,19 +99,6 @@ def find_versions(name: str | None = None, tags: dict[str, str] | None = None) -
     clauses = [f"name = '{name}'"] if name else []
     clauses += [f"tags.{k} = '{v}'" for k, v in (tags or {}).items()]
     return search_versions(" and ".join(clauses))
-
-
-def search_versions(filter_string: str) -> list[ModelVersion]:
-    """MlflowClient.search_model_versions, every page, newest first (by creation time)."""
-    client = MlflowClient()
-    out, token = [], None
-    while True:
-        page = client.search_model_versions(filter_string, max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            break
-    return sorted(out, key=lambda v: (v.creation_timestamp, int(v.version)), reverse=True)
 
 
 def resolve_version(uri: str) -> ModelVersion:

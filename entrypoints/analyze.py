@@ -21,6 +21,7 @@ from analysis import registry
 from analysis.artifacts import write_heatmap, write_matrix
 from analysis.data import load_dataset
 from analysis.pipeline import AnalysisOptions, ModelReport, analyze_models
+from analysis.queries import search_versions
 from analysis.runtime import resolve_device
 from entrypoints.common import log_params_once, run_main
 
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def model_uris(models: str, search: str) -> list[str]:
     uris = [u.strip() for u in models.split(",") if u.strip()]
     if search.strip():
-        found = registry.search_versions(search)
+        found = search_versions(search)
         if not found:
             raise ValueError(f"search={search!r} matches no registered model version; check the filter in the MLflow UI")
         uris += [f"models:/{v.name}/{v.version}" for v in found]

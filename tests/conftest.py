@@ -77,6 +77,50 @@ def store(tmp_path, monkeypatch, store_template, tiny_data, cache_root) -> Path:
     mlflow.set_tracking_uri(None)
 
 
+PG_ADMIN_URL = os.environ.get("WIDEDEEP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database on the real server for this test session, dropped after.
+    Skipped, not failed, only where no server answers (CI starts one in .ci/run)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as err:
+        if os.environ.get("CI"):
+            raise  # CI starts the server: its absence there is a failure
+        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}: {str(err).splitlines()[0]}")
+    name = f"widedeep_test_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_store(tmp_path, monkeypatch, postgres_url, tiny_data, cache_root):
+    """The session's PostgreSQL database as the tracking store, artifacts under the test's dir."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_url)
+    monkeypatch.setenv("WIDEDEEP_DATA_DIR", str(tiny_data))
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache_root))
+    mlflow.set_tracking_uri(postgres_url)
+    yield postgres_url
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
 def mlflow_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`mlflow run <repo> ...` as a user would type it, in `cwd`, with the test's environment and
     its Python first on PATH (the MLproject commands call `python`, as in an activated venv)."""
