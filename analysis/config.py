@@ -37,6 +37,7 @@ class TrainConfig:
     subset_seed: int = 0  # picks the data_fraction subset; shared by all seeds, as in the paper
     eval_batch_size: int = 1000
     eval_every: int = 1  # epochs between test-set evaluations; the last epoch is always evaluated
+    val_fraction: float = 0.0  # > 0: hold out this share of the training subset and score it instead of the test set
     channels_last: bool = True  # measured faster on CPU and GPU alike (docs/performance.md)
 
     def __post_init__(self) -> None:
@@ -52,6 +53,7 @@ class TrainConfig:
             (self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}"),
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
             (self.eval_every >= 1, "eval_every", "an integer >= 1"),
+            (0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)"),
         ]
         for ok, name, allowed in checks:
             if not ok:

@@ -40,7 +40,7 @@ CLEAN_TRAIN_EVAL_MAX = 10_000  # examples of the training subset scored without 
 class TrainResult:
     model: ResNet
     history: list[dict[str, float]]  # one dict of metrics per epoch
-    final: dict[str, float]  # test_accuracy, test_loss, train_accuracy_clean, ...
+    final: dict[str, float]  # test (or val) accuracy and loss, train_accuracy_clean, train_loss_clean
     train_size: int
     subset_hash: str
     resumed_from_epoch: int  # 0 for a fresh run
@@ -70,8 +70,14 @@ def train(
     """
     device = resolve_device(config.device)
     subset = subset_indices(data.train_y, config.data_fraction, config.subset_seed)
+    if config.val_fraction > 0:
+        # Hyperparameter search scores a held-out part of the training subset, never the test set.
+        held_out = subset[subset_indices(data.train_y[subset], config.val_fraction, config.subset_seed + 1)]
+        subset = subset[~torch.isin(subset, held_out)]
+        score_x, score_y, score_name = data.train_x[held_out].to(device), data.train_y[held_out].to(device), "val"
+    else:
+        score_x, score_y, score_name = data.test_x.to(device), data.test_y.to(device), "test"
     train_x, train_y = data.train_x[subset].to(device), data.train_y[subset].to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     n = len(subset)
     if n < config.batch_size:
         raise ValueError(
@@ -142,8 +148,8 @@ def train(
         }
         # On small training subsets a full test pass can cost more than the epoch itself.
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            test = evaluate(model, test_x, test_y, config.eval_batch_size)
-            metrics.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+            scores = evaluate(model, score_x, score_y, config.eval_batch_size)
+            metrics.update({f"{score_name}_loss": scores["loss"], f"{score_name}_accuracy": scores["accuracy"]})
         history.append(metrics)
         if checkpoint is not None:
             checkpoints.save(checkpoint, model, optimizer, {**(checkpoint_meta or {}), "history": history})
@@ -156,8 +162,8 @@ def train(
     stride = math.ceil(n / CLEAN_TRAIN_EVAL_MAX)
     clean = evaluate(model, train_x[::stride], train_y[::stride], config.eval_batch_size)
     final = {
-        "test_accuracy": history[-1]["test_accuracy"],  # the last epoch is always evaluated
-        "test_loss": history[-1]["test_loss"],
+        f"{score_name}_accuracy": history[-1][f"{score_name}_accuracy"],  # the last epoch is always scored
+        f"{score_name}_loss": history[-1][f"{score_name}_loss"],
         "train_accuracy_clean": clean["accuracy"],
         "train_loss_clean": clean["loss"],
     }

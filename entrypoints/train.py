@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import uuid
 
 import mlflow
-from mlflow import MlflowClient
 
-from analysis import checkpoints, registry
+from analysis import registry
 from analysis.config import PRESET_EPOCHS, TrainConfig, resolve_epochs
-from analysis.data import load_dataset
-from analysis.training import train
+from analysis.train_run import train_and_register
 from entrypoints.common import log_params_once, run_main
 
 
@@ -59,65 +55,11 @@ def main(args: argparse.Namespace) -> None:
             eval_every=args.eval_every,
         )
         mlflow.log_param("epochs_resolved", config.epochs)
-        data = load_dataset(config.dataset, config.data_dir or None)
-
-        # A checkpoint of the same config in the same store and experiment is resumed.
-        fingerprint = config.fingerprint(mlflow.get_tracking_uri(), run.info.experiment_id)
-        ckpt = checkpoints.checkpoint_path(fingerprint)
-        previous = checkpoints.read_meta(ckpt)
-        lineage = previous["lineage"] if previous else uuid.uuid4().hex
-        if previous:
-            mark_dead_run(previous["run_id"])
-            mlflow.set_tag("resumed_from_run", previous["run_id"])
-            print(f"resuming from epoch {len(previous['history'])} of run {previous['run_id']}", file=sys.stderr)
-        mlflow.set_tags({"lineage": lineage, "fingerprint": fingerprint})
-
-        result = train(
-            config,
-            data,
-            checkpoint=ckpt,
-            checkpoint_meta={"lineage": lineage, "run_id": run.info.run_id},
-            on_epoch=lambda epoch, metrics: mlflow.log_metrics({**metrics, "epoch": epoch}, step=epoch),
-        )
-        mlflow.log_params({"train_size": result.train_size, "subset_hash": result.subset_hash, "num_classes": data.num_classes})
-        clean = {k: result.final[k] for k in ("train_accuracy_clean", "train_loss_clean")}
-        mlflow.log_metrics(clean, step=config.epochs)  # test metrics were logged per epoch
-
-        name = registry.registered_name(config.dataset, config.depth, config.width)
-        tags = {
-            "dataset": config.dataset,
-            "depth": str(config.depth),
-            "width": f"{config.width:g}",
-            "seed": str(config.seed),
-            "data_fraction": f"{config.data_fraction:g}",
-            "epochs": str(config.epochs),
-            "train_size": str(result.train_size),
-            "subset_hash": result.subset_hash,
-            "test_accuracy": registry.tag_value(result.final["test_accuracy"]),
-            "train_accuracy": registry.tag_value(result.final["train_accuracy_clean"]),
-            "train_run_id": run.info.run_id,
-            "lineage": lineage,
-            "fingerprint": fingerprint,
-        }
-        training = {**dataclasses.asdict(config), "classes": list(data.classes), "train_size": result.train_size,
-                    "subset_hash": result.subset_hash, "run_id": run.info.run_id}
-        version = registry.register(result.model, config.model_config(data.num_classes), name, run.info.run_id, tags, training)
-        mlflow.set_tags({"registered_model": name, "model_version": version.version})
-        checkpoints.remove(ckpt)  # the registry now holds the model; a rerun trains anew
+        result, version = train_and_register(config)
         print(
-            f"registered models:/{name}/{version.version} (alias @{registry.NEWEST_ALIAS}): "
+            f"registered models:/{version.name}/{version.version} (alias @{registry.NEWEST_ALIAS}): "
             f"test accuracy {result.final['test_accuracy']:.4f}, train accuracy {result.final['train_accuracy_clean']:.4f}"
         )
-
-
-def mark_dead_run(run_id: str) -> None:
-    """A run whose checkpoint we resume died without ending: stop it showing as RUNNING."""
-    client = MlflowClient()
-    try:
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, status="KILLED")
-    except mlflow.exceptions.MlflowException:
-        pass  # deleted, or in another store: nothing to mark
 
 
 if __name__ == "__main__":

@@ -80,10 +80,9 @@ def store(tmp_path, monkeypatch, store_template, tiny_data, cache_root) -> Path:
 PG_ADMIN_URL = os.environ.get("WIDEDEEP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A fresh PostgreSQL database on the real server for this test session, dropped after.
-    Skipped, not failed, only where no server answers (CI starts one in .ci/run)."""
+def fresh_postgres_database():
+    """A new PostgreSQL database on the real server, dropped after. Skipped, not failed, only
+    where no server answers and CI is unset (CI starts one in .ci/run)."""
     import uuid
 
     import sqlalchemy as sa
@@ -106,6 +105,18 @@ def postgres_url():
 
 
 @pytest.fixture
+def postgres_url():
+    """A fresh MLflow tracking database on PostgreSQL for one test (schema creation: seconds)."""
+    yield from fresh_postgres_database()
+
+
+@pytest.fixture
+def optuna_pg_url():
+    """A separate database per test for Optuna (its tables and alembic version are its own)."""
+    yield from fresh_postgres_database()
+
+
+@pytest.fixture
 def pg_store(tmp_path, monkeypatch, postgres_url, tiny_data, cache_root):
     """The session's PostgreSQL database as the tracking store, artifacts under the test's dir."""
     import mlflow
@@ -121,11 +132,15 @@ def pg_store(tmp_path, monkeypatch, postgres_url, tiny_data, cache_root):
     mlflow.set_tracking_uri(None)
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The test's environment for a child process, its Python first on PATH (the MLproject
+    commands call `python`, as in an activated venv)."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
 def mlflow_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`mlflow run <repo> ...` as a user would type it, in `cwd`, with the test's environment and
-    its Python first on PATH (the MLproject commands call `python`, as in an activated venv)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    """`mlflow run <repo> ...` as a user would type it, in `cwd`."""
     return subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+        cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600,
     )

@@ -76,7 +76,9 @@ def test_bad_input_through_the_cli_exits_non_zero(store):
 
 def test_rerun_of_a_killed_training_resumes_and_marks_the_dead_run(store, monkeypatch):
     # The first attempt dies after epoch 1 (as a SIGKILL would, leaving its run RUNNING).
-    real_train = train_entry.train
+    from analysis import train_run
+
+    real_train = train_run.train
 
     def dying_train(*args, on_epoch, **kwargs):
         def die(epoch, metrics):
@@ -85,7 +87,7 @@ def test_rerun_of_a_killed_training_resumes_and_marks_the_dead_run(store, monkey
                 raise SystemExit("killed")
         return real_train(*args, on_epoch=die, **kwargs)
 
-    monkeypatch.setattr(train_entry, "train", dying_train)
+    monkeypatch.setattr(train_run, "train", dying_train)
     args = train_entry.parse_args(["--depth", "8", "--width", "0.25", "--epochs", "2", "--batch_size", "50", "--device", "cpu"])
     with pytest.raises(SystemExit):
         train_entry.main(args)
@@ -93,7 +95,7 @@ def test_rerun_of_a_killed_training_resumes_and_marks_the_dead_run(store, monkey
     MlflowClient().update_run(dead.info.run_id, status="RUNNING")  # what a killed process leaves behind
     mlflow.end_run() if mlflow.active_run() else None
 
-    monkeypatch.setattr(train_entry, "train", real_train)
+    monkeypatch.setattr(train_run, "train", real_train)
     assert run_train("--epochs", "2") == 0
     runs = {r.info.run_id: r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
     assert runs[dead.info.run_id].info.status == "KILLED"
