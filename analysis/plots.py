@@ -174,3 +174,53 @@ def heatmap_grid(cells: dict, depths: Sequence, widths: Sequence, title: str) ->
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def example_accuracy_map(acc_a: np.ndarray, acc_b: np.ndarray, seeds_a: int, seeds_b: int, label_a: str, label_b: str) -> Figure:
+    """Per-example accuracy over the seeds of group A against group B, as a 2-D histogram with
+    one bin per attainable value (k / seeds), log-scaled counts."""
+    from matplotlib.colors import LogNorm
+
+    def edges(seeds: int) -> np.ndarray:
+        return np.linspace(-0.5 / seeds, 1 + 0.5 / seeds, seeds + 2)
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=120)
+    *_, im = ax.hist2d(acc_a, acc_b, bins=[edges(seeds_a), edges(seeds_b)], cmap="viridis", norm=LogNorm())
+    ax.plot([0, 1], [0, 1], color="white", lw=0.8, ls="--")
+    fig.colorbar(im, ax=ax, label="examples")
+    ax.set_xlabel(f"per-example accuracy, {label_a}")
+    ax.set_ylabel(f"per-example accuracy, {label_b}")
+    ax.set_title("off-diagonal mass: examples one group gets right and the other wrong", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def class_differences(classes: Sequence[str], diff: np.ndarray, ci: np.ndarray, significant: Sequence[int], title: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
+    x = np.arange(len(classes))
+    colors = ["tab:red" if i in set(significant) else "tab:blue" for i in x]
+    ax.errorbar(x, diff, yerr=[diff - ci[:, 0], ci[:, 1] - diff], fmt="none", ecolor="grey", capsize=3)
+    ax.scatter(x, diff, c=colors, zorder=3)
+    for i in significant:
+        ax.annotate("*", (i, ci[i, 1]), ha="center", va="bottom", color="tab:red", fontsize=14)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, classes, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy difference (B - A)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def agreement_heatmap(agreement: np.ndarray, labels: Sequence[str], split: int) -> Figure:
+    fig, ax = plt.subplots(figsize=(5.4, 4.8), dpi=120)
+    off = agreement[~np.eye(len(agreement), dtype=bool)]
+    im = ax.imshow(agreement, cmap="viridis", vmin=off.min() if off.size else 0, vmax=off.max() if off.size else 1)
+    ax.axhline(split - 0.5, color="white", lw=1)
+    ax.axvline(split - 0.5, color="white", lw=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    fig.colorbar(im, ax=ax, label="share of examples with the same prediction")
+    ax.set_title("prediction agreement (group A top-left, B bottom-right)", fontsize=9)
+    fig.tight_layout()
+    return fig
