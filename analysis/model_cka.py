@@ -31,6 +31,7 @@ class ModelCKA:
     joint: dict[str, np.ndarray]  # variant -> CKA over the concatenated layers of all models
     accuracy: list[float]  # accuracy of each model on the examples analysed
     batches: int
+    num_examples: int
 
     def _span(self, i: int) -> slice:
         offsets = np.cumsum([0] + [len(n) for n in self.names])
@@ -103,4 +104,5 @@ def model_cka(
         joint={v: acc.compute() for v, acc in accumulators.items()},
         accuracy=[c / first_pass for c in correct],
         batches=len(batches),
+        num_examples=len(images),
     )

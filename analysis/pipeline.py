@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
+from itertools import combinations
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +30,7 @@ from .model_cka import ModelCKA, model_cka
 from .models import layer_names
 from .pca import estimate_pc1
 from .probes import fit_probes, probe_accuracy, probe_layers
-from .registry import LoadedModel
+from .registry import LoadedModel, tag_value
 
 ANALYSES = ("cka", "pc", "probes", "deletion")
 PROBE_TRAIN = ("subset", "full", "both")
@@ -166,11 +168,26 @@ def explanation_metrics(report: ModelReport) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
 
 
+def check_dataset(loaded: Sequence[LoadedModel], requested: str = "") -> str:
+    """The one dataset all `loaded` models were trained on (and `requested`, if given)."""
+    trained_on = {m.training.get("dataset", m.tags.get("dataset")) for m in loaded}
+    if len(trained_on) > 1:
+        raise ValueError(f"the models were trained on different datasets {sorted(map(str, trained_on))}; analyse them separately")
+    dataset = trained_on.pop()
+    if requested and requested != dataset:
+        raise ValueError(f"dataset={requested!r} but the models were trained on {dataset!r}; leave dataset empty or pick matching models")
+    if {m.config.num_classes for m in loaded} != {loaded[0].config.num_classes}:
+        raise ValueError("the models have different numbers of classes; analyse them separately")
+    return dataset
+
+
 def analyze_models(
     models: Sequence[LoadedModel], data: ImageData, options: AnalysisOptions, progress: bool | None = None
 ) -> tuple[list[ModelReport], ModelCKA]:
     """Run the chosen analyses on every model. Returns one report per model and the joint CKA
     (whose cross blocks compare the models pairwise)."""
+    if data.num_classes != models[0].config.num_classes:
+        raise ValueError(f"dataset {data.name!r} has {data.num_classes} classes but the models predict {models[0].config.num_classes}")
     n = len(data.test_x) if options.num_examples <= 0 else min(options.num_examples, len(data.test_x))
     index = torch.sort(torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(options.seed))[:n]).values
     images, targets = data.test_x[index], data.test_y[index]
@@ -207,6 +224,50 @@ def analyze_models(
         report.metrics.update(explanation_metrics(report))
         reports.append(report)
     return reports, joint
+
+
+def log_analysis(reports: Sequence[ModelReport], joint: ModelCKA, options: AnalysisOptions, run_id: str) -> None:
+    """Log an analysis into the active run: one model on the run itself, several as nested runs
+    plus the cross-model heatmaps under `cross/`; each version is tagged with its metrics."""
+    import mlflow
+
+    common = {"num_examples": joint.num_examples, "batches": joint.batches, "passes": options.passes,
+              "batch_size": options.batch_size, "layers": options.layers, "analyses": list(options.analyses),
+              "probe_pool": options.probe_pool}
+    mlflow.set_tag("analysis.models", ",".join(r.model.uri for r in reports))
+    mlflow.log_param("analysed_examples", joint.num_examples)
+    for report in reports:
+        if len(reports) == 1:
+            _log_report(report, common, run_id)
+        else:
+            with mlflow.start_run(run_name=report.model.label, nested=True) as child:
+                _log_report(report, common, child.info.run_id)
+    if len(reports) > 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, j in combinations(range(len(reports)), 2):
+                a, b = reports[i], reports[j]
+                out = Path(tmp) / f"{a.model.label}__vs__{b.model.label}"
+                write_matrix(out, "cka", joint.cross(i, j), a.names, b.names)
+                write_heatmap(out, "heatmap", joint.cross(i, j), a.names, b.names, title=f"{a.model.label} (y) vs {b.model.label} (x)")
+            mlflow.log_artifacts(tmp, "cross")
+
+
+def _log_report(report: ModelReport, common: dict, run_id: str) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    m = report.model
+    mlflow.set_tags({
+        "analysis.model_uri": m.uri, "model_name": m.name, "model_version": m.version, "train_run_id": m.run_id or "",
+        **{k: m.tags[k] for k in ("dataset", "depth", "width", "seed", "data_fraction", "epochs", "train_accuracy") if k in m.tags},
+    })
+    mlflow.log_metrics(report.metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        report.write(Path(tmp), common)
+        mlflow.log_artifacts(tmp, "cka")
+    client = MlflowClient()
+    for key, value in {**report.metrics, "analysis_run_id": run_id}.items():
+        client.set_model_version_tag(m.name, m.version, key, tag_value(value))
 
 
 def probe_training_set(m: LoadedModel, data: ImageData, which: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,123 @@
+"""Benchmark: the real training loop against a bare forward/backward/step loop, side by side.
+
+For each model, both loops run one epoch over the same examples in one process, alternating
+(bare, real, bare, real) so that machine noise hits both alike; the table reports the median of
+each and the overhead of the real loop. The real loop is analysis.training.train with everything
+on: batch augmentation on the device, metrics, a per-epoch checkpoint, and per-epoch logging to a
+real MLflow SQLite store. Its end-of-epoch test evaluation runs on `--test-examples` images and is
+timed separately (it is work the bare loop does not do).
+
+    python benchmarks/train.py                        # ResNet-20/56 at widths 1 and 2
+    python benchmarks/train.py --models 20x1 --examples 1280 --repeats 3 --channels-last both
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import torch
+import torch.nn.functional as F
+
+from analysis.config import TrainConfig
+from analysis.data import ImageData, to_float
+from analysis.evaluation import evaluate
+from analysis.models import build_model, decayed_parameters
+from analysis.runtime import autocast, prepare_model, resolve_device
+from analysis.training import train
+
+
+def synthetic_data(n: int, test: int) -> ImageData:
+    g = torch.Generator().manual_seed(0)
+    return ImageData("bench", tuple(str(i) for i in range(10)),
+                     torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g),
+                     torch.randint(0, 256, (test, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (test,), generator=g))
+
+
+def bare_epoch(config: TrainConfig, data: ImageData, device: torch.device) -> float:
+    """Forward, backward and SGD step on the same un-augmented batches: the floor."""
+    torch.manual_seed(config.seed)
+    model = prepare_model(build_model(config.model_config(10)), device, config.channels_last)
+    kernels, others = decayed_parameters(model)
+    opt = torch.optim.SGD([{"params": kernels, "weight_decay": config.weight_decay}, {"params": others}], lr=config.lr, momentum=config.momentum)
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    x_all, y_all = data.train_x.to(device), data.train_y.to(device)
+    steps = len(x_all) // config.batch_size
+    start = time.perf_counter()
+    for s in range(steps):
+        x = to_float(x_all[s * config.batch_size : (s + 1) * config.batch_size]).contiguous(memory_format=fmt)
+        y = y_all[s * config.batch_size : (s + 1) * config.batch_size]
+        with autocast(device):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * config.batch_size / (time.perf_counter() - start)
+
+
+def real_epoch(config: TrainConfig, data: ImageData, workdir: Path) -> tuple[float, float]:
+    """(images/s of the whole `train` call less its two evaluations, seconds of those evaluations).
+
+    The evaluations (test set each epoch, training subset once at the end) are timed again on
+    the trained model and subtracted: everything else (set-up, augmentation, steps, metrics,
+    checkpoint, MLflow logging) counts against the loop."""
+    ckpt = workdir / "ckpt.safetensors"
+    ckpt.unlink(missing_ok=True)
+    with mlflow.start_run():
+        start = time.perf_counter()
+        result = train(config, data, checkpoint=ckpt, on_epoch=lambda e, m: mlflow.log_metrics(m, step=e), progress=False)
+        total = time.perf_counter() - start
+    device = next(result.model.parameters()).device
+    start = time.perf_counter()
+    evaluate(result.model, data.test_x.to(device), data.test_y.to(device), config.eval_batch_size)
+    evaluate(result.model, data.train_x.to(device), data.train_y.to(device), config.eval_batch_size)
+    eval_seconds = time.perf_counter() - start
+    seen = (len(data.train_x) // config.batch_size) * config.batch_size
+    return seen / (total - eval_seconds), eval_seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default="20x1,20x2,56x1,56x2", help="depth x width, comma-separated")
+    p.add_argument("--examples", type=int, default=2560)
+    p.add_argument("--test-examples", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--channels-last", default="on", choices=["on", "off", "both"])
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    data = synthetic_data(args.examples, args.test_examples)
+    layouts = {"on": [True], "off": [False], "both": [False, True]}[args.channels_last]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+        print(f"\n{args.examples} images per epoch, batch 128, device {device} ({torch.get_num_threads()} threads), "
+              f"median of {args.repeats} alternating runs\n")
+        print(f"{'model':<12}{'channels_last':>14}{'bare img/s':>12}{'real img/s':>12}{'overhead':>10}{'evals s':>10}")
+        for spec in args.models.split(","):
+            depth, width = spec.split("x")
+            for channels_last in layouts:
+                config = TrainConfig(depth=int(depth), width=float(width), epochs=1, device=str(device.type),
+                                     channels_last=channels_last, eval_batch_size=500)
+                bare, real, evals = [], [], []
+                bare_epoch(dataclasses.replace(config), synthetic_data(256, 10), device)  # warm-up
+                for _ in range(args.repeats):
+                    bare.append(bare_epoch(config, data, device))
+                    r, e = real_epoch(config, data, Path(tmp))
+                    real.append(r)
+                    evals.append(e)
+                b, r = statistics.median(bare), statistics.median(real)
+                print(f"{'ResNet-' + depth + ' w' + width:<12}{str(channels_last):>14}{b:>12.1f}{r:>12.1f}"
+                      f"{(b / r - 1) * 100:>9.1f}%{statistics.median(evals):>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
