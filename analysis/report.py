@@ -1,0 +1,140 @@
+"""The study report: one self-contained HTML file (figures embedded), one section per claim of the
+paper, each with the claim it tests, the measured numbers and the figures that show them."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+from itertools import combinations
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from .study import StudyPreset, study_rows_frame
+
+SECTIONS = ("setup", "training", "block-structure", "pc1", "without-pc1", "probes", "deletion", "cross-seed", "predictions")
+CLAIMS = {
+    "block-structure": "Models large relative to their training data show a big contiguous block of layers with "
+                       "near-identical representations; the control does not.",
+    "pc1": "Inside the block, the first principal component explains a large share of every layer's variance.",
+    "without-pc1": "Removing each layer's first principal component removes the block structure.",
+    "probes": "Linear probe accuracy barely improves across the layers of the block.",
+    "deletion": "Deleting a residual block inside the block structure costs little accuracy; elsewhere it costs more.",
+    "cross-seed": "Outside the block, representations are similar across seeds; the block itself differs between seeds.",
+    "predictions": "Models of different architecture make systematically different errors, beyond seed-to-seed variation.",
+}
+
+
+def _img(path: Path, width: int = 560) -> str:
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" width="{width}" alt="{html.escape(path.name)}">'
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="numbers")
+
+
+def _label(row) -> str:
+    return f"ResNet-{row.depth} w{row.width:g} · data {row.data_fraction:g} · seed {row.seed}"
+
+
+def _download(run_id: str, path: str) -> Path | None:
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def cross_seed_numbers(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, Path]]]:
+    """Per pair of seeds of one architecture: mean CKA between the same layer of the two models,
+    inside model A's block and outside it (from the cross heatmaps `analyze` logged)."""
+    client = mlflow.MlflowClient()
+    records, figures = [], []
+    for (depth, width, fraction), group in rows.groupby(["depth", "width", "data_fraction"]):
+        for (_, ra), (_, rb) in combinations(group.sort_values("seed").iterrows(), 2):
+            parent = client.get_run(ra.analysis_run_id).data.tags.get("mlflow.parentRunId")
+            if not parent:
+                continue
+            la, lb = f"{ra.model_name}-v{ra.model_version}", f"{rb.model_name}-v{rb.model_version}"
+            found = None
+            for name in (f"cross/{la}__vs__{lb}", f"cross/{lb}__vs__{la}"):
+                found = _download(parent, name)
+                if found:
+                    break
+            summary = _download(ra.analysis_run_id, "cka/summary.json")
+            if not found or not summary:
+                continue
+            matrix = np.load(found / "cka.npy")
+            blocks = json.loads(summary.read_text())["blocks"]
+            mask = np.zeros(len(matrix), dtype=bool)
+            for b in blocks:
+                mask[b["start"] : b["end"] + 1] = True
+            diag = np.diag(matrix)
+            records.append({"depth": depth, "width": width, "data_fraction": fraction, "seeds": f"{ra.seed} vs {rb.seed}",
+                            "same_layer_cka_in_block": float(diag[mask].mean()) if mask.any() else np.nan,
+                            "same_layer_cka_outside": float(diag[~mask].mean()) if (~mask).any() else np.nan})
+            figures.append((f"ResNet-{depth} w{width:g}, seeds {ra.seed} vs {rb.seed}", found / "heatmap.png"))
+    return pd.DataFrame(records), figures
+
+
+def write_report(p: StudyPreset, result: dict, out: Path, run_id: str) -> Path:
+    rows: pd.DataFrame = result["rows"]
+    numbers = study_rows_frame(rows)
+    per_model = {}
+    for row in rows.itertuples():
+        per_model[row] = _download(row.analysis_run_id, "cka")
+    cross, cross_figures = cross_seed_numbers(rows)
+    t = result["timings"]
+    pm = result["predictions"]
+    a, b = result["contrast"]
+
+    def per_model_figures(name: str, width: int = 460) -> str:
+        return "".join(f"<figure>{_img(d / name, width)}<figcaption>{html.escape(_label(r))}</figcaption></figure>"
+                       for r, d in per_model.items() if d is not None and (d / name).exists())
+
+    def cols(*names: str) -> pd.DataFrame:
+        return numbers[[c for c in ("depth", "width", "data_fraction", "seed", *names) if c in numbers]]
+
+    sections = {
+        "setup": f"<p>Preset <b>{p.name}</b>: {html.escape(p.description)}.</p>"
+                 f"<p>Grid: depths {list(p.grid.depths)}, widths {list(p.grid.widths)}, seeds {list(p.grid.seeds)}, "
+                 f"data fractions {list(p.grid.data_fractions)}; training {html.escape(json.dumps(p.train))}; "
+                 f"analysis {html.escape(json.dumps(dataclasses.asdict(p.analysis)))}.</p>"
+                 f"<p>Wall time this run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()) + "</p>",
+        "training": "<p>A block structure means something only for models that fit their training set (PAPER.md): "
+                    "training accuracy (no augmentation) beside test accuracy.</p>"
+                    + _table(cols("train_accuracy", "test_accuracy")),
+        "block-structure": _table(cols("block_count", "block_largest_frac", "block_mean_cka"))
+                           + "".join(_img(f, 900) for f in sorted((out / "comparison").glob("heatmaps_fraction_*.png")))
+                           + per_model_figures("heatmap.png", 380),
+        "pc1": _table(cols("pc1_share_in_block", "pc1_share_outside")) + per_model_figures("pc1_share.png"),
+        "without-pc1": _table(cols("block_mean_cka", "block_mean_cka_without_pc1")) + per_model_figures("heatmap_without_pc1.png", 720),
+        "probes": _table(cols("probe_gain_in_block")) + per_model_figures("probes.png"),
+        "deletion": _table(cols("deletion_drop_in_block", "deletion_drop_outside")) + per_model_figures("deletion.png"),
+        "cross-seed": (_table(cross) if not cross.empty else "<p>No pair of seeds of one architecture was analysed together.</p>")
+                      + "".join(f"<figure>{_img(f, 380)}<figcaption>{html.escape(c)}</figcaption></figure>" for c, f in cross_figures),
+        "predictions": f"<p>Group A: {html.escape(', '.join(a))}<br>Group B: {html.escape(', '.join(b))}</p>"
+                       + _table(pd.DataFrame([pm]))
+                       + "".join(_img(out / "predictions" / f, 480) for f in ("per_example.png", "per_class.png", "agreement.png")),
+    }
+    body = []
+    for key in SECTIONS:
+        claim = f'<p class="claim">Claim tested: {html.escape(CLAIMS[key])}</p>' if key in CLAIMS else ""
+        body.append(f'<section id="{key}"><h2>{key.replace("-", " ").capitalize()}</h2>{claim}{sections[key]}</section>')
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>widedeep study: {p.name}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
+.claim{{background:#f4f1e8;border-left:4px solid #c90;padding:.4em .8em}}
+table.numbers{{border-collapse:collapse;font-size:13px}} table.numbers td,table.numbers th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
+figure{{display:inline-block;margin:6px}} figcaption{{font-size:12px;color:#555;text-align:center}}</style></head>
+<body><h1>Do wide and deep networks learn the same things? Study <code>{p.name}</code></h1>
+<p>MLflow run <code>{run_id}</code>. Sections follow the paper's findings; each states the claim it tests.</p>
+{''.join(body)}</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path
