@@ -24,7 +24,10 @@ def checkpoint_path(fingerprint: str) -> Path:
 
 
 def read_meta(path: Path) -> dict | None:
-    """The metadata of a complete checkpoint, or None when there is none."""
+    """The metadata of a complete checkpoint, or None when there is none. Temporary files of a
+    writer killed mid-save are removed: they were never renamed, so never taken as complete."""
+    for partial in path.parent.glob(f".{path.name}.*.tmp"):
+        partial.unlink(missing_ok=True)
     if not path.exists():
         return None
     with safe_open(str(path), framework="pt") as f:

@@ -188,14 +188,20 @@ def _from_cache(name: str, key: str, classes: tuple[str, ...] | None, decode) ->
     else:
         tensors = decode()
         classes = tuple(tensors.pop("classes", classes))
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, classes first: a reader never sees tensors without their classes.
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"classes": list(classes)}, f)
-        os.replace(tmp, path.with_suffix(".json"))
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump({"classes": list(classes)}, f)
+            os.replace(tmp, path.with_suffix(".json"))
+            save_file(tensors, str(tmp))
+            os.replace(tmp, path)
+        except OSError as err:
+            raise PermissionError(
+                f"cannot write the decoded-data cache under {path.parent} ({err.strerror or err}); "
+                f"set {CACHE_DIR_ENV} to a writable folder"
+            ) from None
     return ImageData(name=name, classes=classes, **tensors)
 
 

@@ -31,6 +31,7 @@ from .models import layer_names
 from .pca import estimate_pc1
 from .probes import fit_probes, probe_accuracy, probe_layers
 from .registry import LoadedModel, tag_value
+from .tracking import start_run
 
 ANALYSES = ("cka", "pc", "probes", "deletion")
 PROBE_TRAIN = ("subset", "full", "both")
@@ -240,7 +241,7 @@ def log_analysis(reports: Sequence[ModelReport], joint: ModelCKA, options: Analy
         if len(reports) == 1:
             _log_report(report, common, run_id)
         else:
-            with mlflow.start_run(run_name=report.model.label, nested=True) as child:
+            with start_run(run_name=report.model.label, nested=True) as child:
                 _log_report(report, common, child.info.run_id)
     if len(reports) > 1:
         with tempfile.TemporaryDirectory() as tmp:

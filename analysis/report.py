@@ -16,7 +16,11 @@ import pandas as pd
 
 from .study import StudyPreset, study_rows_frame
 
-SECTIONS = ("setup", "training", "block-structure", "pc1", "without-pc1", "probes", "deletion", "cross-seed", "predictions")
+SECTIONS = {
+    "setup": "Setup", "training": "Training", "block-structure": "Block structure", "pc1": "First principal component",
+    "without-pc1": "CKA without the first principal component", "probes": "Linear probes", "deletion": "Deleting blocks",
+    "cross-seed": "Across seeds", "predictions": "Prediction differences",
+}
 CLAIMS = {
     "block-structure": "Models large relative to their training data show a big contiguous block of layers with "
                        "near-identical representations; the control does not.",
@@ -124,9 +128,9 @@ def write_report(p: StudyPreset, result: dict, out: Path, run_id: str) -> Path:
                        + "".join(_img(out / "predictions" / f, 480) for f in ("per_example.png", "per_class.png", "agreement.png")),
     }
     body = []
-    for key in SECTIONS:
+    for key, title in SECTIONS.items():
         claim = f'<p class="claim">Claim tested: {html.escape(CLAIMS[key])}</p>' if key in CLAIMS else ""
-        body.append(f'<section id="{key}"><h2>{key.replace("-", " ").capitalize()}</h2>{claim}{sections[key]}</section>')
+        body.append(f'<section id="{key}"><h2>{title}</h2>{claim}{sections[key]}</section>')
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>widedeep study: {p.name}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
 .claim{{background:#f4f1e8;border-left:4px solid #c90;padding:.4em .8em}}

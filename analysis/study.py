@@ -30,6 +30,7 @@ from .model_predictions import compare_registered, summary_metrics, write_predic
 from .pipeline import AnalysisOptions, analyze_models, log_analysis
 from .runtime import resolve_device
 from .train_run import registered_version
+from .tracking import start_run
 
 ANALYSED_TAG = "study_analysis"
 
@@ -122,7 +123,7 @@ def run_study(p: StudyPreset, dataset: str, data_dir: str, device: str, storage_
             continue
         log(f"[2/5] analysis of data fraction {fraction:g}: {len(group)} models")
         loaded = [registry.load_model(f"models:/{v.name}/{v.version}", resolve_device(device)) for v in group]
-        with mlflow.start_run(run_name=f"analysis-fraction-{fraction:g}", nested=True) as child:
+        with start_run(run_name=f"analysis-fraction-{fraction:g}", nested=True) as child:
             mlflow.set_tag("widedeep.kind", "analyze")
             reports, joint = analyze_models(loaded, data, p.analysis)
             log_analysis(reports, joint, p.analysis, child.info.run_id)

@@ -38,6 +38,7 @@ from .config import TrainConfig
 from .data import load_dataset
 from .train_run import mark_dead_run, registered_version, train_and_register
 from .training import train
+from .tracking import start_run
 
 # A worker silent for GRACE seconds is presumed dead; its trial is failed and re-queued.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
@@ -151,7 +152,7 @@ def grid_objective(grid: Grid, base: TrainConfig, parent_run_id: str) -> Callabl
             trial.set_user_attr("registered", f"models:/{done.name}/{done.version}")
             return float(done.tags.get("test_accuracy", "nan"))
         label = f"d{config.depth}-w{config.width:g}-s{config.seed}-f{config.data_fraction:g}"
-        with mlflow.start_run(run_name=label, nested=True, parent_run_id=parent_run_id) as run:
+        with start_run(run_name=label, nested=True, parent_run_id=parent_run_id) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             mlflow.set_tags({"widedeep.kind": "train", "sweep.trial": str(trial.number), "sweep.study": trial.study.study_name})
             mlflow.log_params(dataclasses.asdict(config))
@@ -191,7 +192,7 @@ def search_objective(base: TrainConfig, parent_run_id: str, val_fraction: float)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         pruned = None
-        with mlflow.start_run(run_name=f"search-{trial.number}", nested=True, parent_run_id=parent_run_id):
+        with start_run(run_name=f"search-{trial.number}", nested=True, parent_run_id=parent_run_id):
             mlflow.set_tags({"widedeep.kind": "search", "sweep.trial": str(trial.number)})
             mlflow.log_params(dataclasses.asdict(config))
             try:

@@ -18,6 +18,7 @@ from analysis.data import load_dataset
 from analysis.pipeline import AnalysisOptions, analyze_models, check_dataset, log_analysis
 from analysis.queries import search_versions
 from analysis.runtime import resolve_device
+from analysis.tracking import start_run
 from entrypoints.common import log_params_once, run_main
 
 
@@ -55,7 +56,7 @@ def model_uris(models: str, search: str) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> None:
-    with mlflow.start_run() as run:
+    with start_run() as run:
         log_params_once(vars(args))
         mlflow.set_tag("widedeep.kind", "analyze")
         options = AnalysisOptions(

@@ -8,13 +8,17 @@ from typing import Callable
 import mlflow
 from mlflow.entities import RunStatus
 
+from analysis.tracking import reap_dead_runs
+
 # Errors that mean "bad input or bad data": reported in one line, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, FloatingPointError, RuntimeError)
 
 
 def run_main(main: Callable[[], None]) -> int:
-    """Call `main`; on a user error print it in one line, mark the active run FAILED, exit 2."""
+    """Call `main`; on a user error print it in one line, mark the active run FAILED, exit 2.
+    First, runs of this host whose process died without ending them are marked KILLED."""
     try:
+        reap_dead_runs()
         main()
     except USER_ERRORS as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -34,3 +38,4 @@ def log_params_once(params: dict) -> None:
     fresh = {k: v for k, v in params.items() if k not in existing}
     if fresh:
         mlflow.log_params(fresh)
+

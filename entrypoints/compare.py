@@ -17,6 +17,7 @@ import mlflow
 
 from analysis import queries
 from analysis.comparison import write_comparison
+from analysis.tracking import start_run
 from entrypoints.common import log_params_once, run_main
 
 
@@ -39,7 +40,7 @@ def load_rows(source: str):
 
 
 def main(args: argparse.Namespace) -> None:
-    with mlflow.start_run() as run:
+    with start_run() as run:
         log_params_once(vars(args))
         mlflow.set_tag("widedeep.kind", "compare")
         fraction = float(args.data_fraction) if args.data_fraction else None

@@ -17,6 +17,7 @@ import mlflow
 from analysis.data import load_dataset
 from analysis.model_predictions import compare_registered, group_dataset, group_uris, summary_metrics, write_prediction_files
 from analysis.runtime import resolve_device
+from analysis.tracking import start_run
 from entrypoints.common import log_params_once, run_main
 
 
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    with mlflow.start_run() as run:
+    with start_run() as run:
         log_params_once(vars(args))
         mlflow.set_tag("widedeep.kind", "predictions")
         a, b = group_uris(args.group_a, "group_a"), group_uris(args.group_b, "group_b")

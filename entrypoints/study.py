@@ -17,6 +17,7 @@ import mlflow
 from analysis import study
 from analysis.report import write_report
 from analysis.sweep import redact
+from analysis.tracking import start_run
 from entrypoints.common import log_params_once, run_main
 
 
@@ -36,7 +37,7 @@ def main(args: argparse.Namespace) -> None:
     out = Path(args.out or f"reports/{p.name}")
     out.mkdir(parents=True, exist_ok=True)
     url = args.storage or os.environ.get("WIDEDEEP_OPTUNA_STORAGE") or "sqlite:///optuna.db"
-    with mlflow.start_run() as run:
+    with start_run() as run:
         log_params_once({k: v for k, v in vars(args).items() if k != "storage"})
         mlflow.set_tags({"widedeep.kind": "study", "study.preset": p.name, "sweep.storage": redact(url)})
         result = study.run_study(p, args.dataset, args.data_dir, args.device, url, out,

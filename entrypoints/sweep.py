@@ -19,6 +19,7 @@ import torch
 
 from analysis import sweep
 from analysis.config import PRESET_EPOCHS, TrainConfig, resolve_epochs
+from analysis.tracking import start_run
 from entrypoints.common import log_params_once, run_main
 
 STORAGE_ENV = "WIDEDEEP_OPTUNA_STORAGE"
@@ -65,7 +66,7 @@ def main(args: argparse.Namespace) -> None:
     if parent:  # a worker process started by another sweep process: cells nest under its run
         work(args, grid, base, url, name, parent)
         return
-    with mlflow.start_run() as run:
+    with start_run() as run:
         log_params_once({k: v for k, v in vars(args).items() if k != "storage"})
         mlflow.set_tags({"widedeep.kind": "sweep", "sweep.study": name, "sweep.storage": sweep.redact(url),
                          "sweep.mode": args.mode, "sweep.grid_size": str(grid.size)})

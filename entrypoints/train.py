@@ -10,6 +10,7 @@ import mlflow
 from analysis import registry
 from analysis.config import PRESET_EPOCHS, TrainConfig, resolve_epochs
 from analysis.train_run import train_and_register
+from analysis.tracking import start_run
 from entrypoints.common import log_params_once, run_main
 
 
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    with mlflow.start_run() as run:
+    with start_run() as run:
         log_params_once(vars(args))
         mlflow.set_tag("widedeep.kind", "train")
         config = TrainConfig(

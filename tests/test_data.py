@@ -84,3 +84,11 @@ def test_augmentation_is_reproducible_and_varies():
     assert not torch.equal(a, augment(images, torch.Generator().manual_seed(1)))
     flipped = sum(torch.equal(a[i], (images[i].float() / 255).flip(-1)) for i in range(64))
     assert flipped < 64  # not everything is flipped, and crops move things
+
+
+def test_unwritable_cache_names_the_variable_to_set(tiny_data, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # (tests run as root, so permissions alone would not stop a write)
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(PermissionError, match="set WIDEDEEP_CACHE_DIR to a writable folder"):
+        load_dataset("cifar10", tiny_data)

@@ -1,0 +1,191 @@
+"""Fault injection: processes SIGKILLed at chosen and random points, concurrent writers, and
+credentials that must never be logged. Real subprocesses, real SQLite and PostgreSQL stores."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from analysis import registry
+from analysis.models import ModelConfig, build_model
+from tests.conftest import REPO, subprocess_env
+
+TRAIN = ["--depth", "8", "--width", "0.25", "--epochs", "4", "--batch_size", "50", "--device", "cpu"]
+
+# Runs `train`, SIGKILLing itself right after the model version is created (before the run ends).
+KILL_AFTER_REGISTER = """
+import os, signal, sys
+from analysis import registry
+from analysis.models import ModelConfig, build_model
+real = registry.register
+def register_then_die(*args, **kwargs):
+    version = real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+registry.register = register_then_die
+from entrypoints import train
+from entrypoints.common import run_main
+args = train.parse_args(sys.argv[1:])
+sys.exit(run_main(lambda: train.main(args)))
+"""
+
+
+def spawn(args: list[str], uri: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=subprocess_env(MLFLOW_TRACKING_URI=uri, **env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+
+
+def store_uri(directory: Path, template: Path) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, directory / "mlflow.db")
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
+def registered_state(uri: str) -> dict[str, torch.Tensor]:
+    mlflow.set_tracking_uri(uri)
+    (version,) = registry.search_versions("")
+    return registry.load_model(f"models:/{version.name}/{version.version}").model.state_dict()
+
+
+def runs(uri: str) -> list:
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+@pytest.mark.slow
+def test_train_killed_at_random_points_resumes_to_the_uninterrupted_weights(tmp_path, store_template, tiny_data, cache_root, monkeypatch):
+    monkeypatch.setenv("WIDEDEEP_DATA_DIR", str(tiny_data))
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache_root))
+    monkeypatch.chdir(tmp_path)
+    reference = store_uri(tmp_path / "reference", store_template)
+    finish(spawn(["-m", "entrypoints.train", *TRAIN], reference))
+
+    uri = store_uri(tmp_path / "killed", store_template)
+    ckpt_dir = cache_root / "checkpoints"
+    before = set(ckpt_dir.glob("*.safetensors")) if ckpt_dir.exists() else set()
+    rng = random.Random(0)
+    # 1: mid-training, right after the first checkpoint appears (during epoch 2 or its save);
+    # 2: at a random moment of a resumed run; 3: right after registering, before the run ends.
+    victim = spawn(["-m", "entrypoints.train", *TRAIN], uri)
+    deadline = time.time() + 300
+    while not (set(ckpt_dir.glob("*.safetensors")) - before if ckpt_dir.exists() else set()):
+        assert victim.poll() is None and time.time() < deadline, "train never wrote a checkpoint"
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0, 0.3))
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    victim = spawn(["-m", "entrypoints.train", *TRAIN], uri)
+    time.sleep(rng.uniform(2, 6))
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    victim = spawn(["-c", KILL_AFTER_REGISTER, *TRAIN], uri)
+    victim.wait(timeout=600)
+    assert victim.returncode == -signal.SIGKILL
+    finish(spawn(["-m", "entrypoints.train", *TRAIN], uri))
+
+    expected, got = registered_state(reference), registered_state(uri)  # exactly one version each
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    statuses = sorted(r.info.status for r in runs(uri))
+    assert "RUNNING" not in statuses and statuses.count("FINISHED") == 1, statuses
+    assert not list(ckpt_dir.glob(".*.tmp")) and set(ckpt_dir.glob("*.safetensors")) == before
+
+
+@pytest.mark.slow
+def test_analyze_killed_mid_way_leaves_no_complete_looking_run_and_a_rerun_completes(store):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(8, 0.25))
+    with mlflow.start_run() as run:
+        v = registry.register(model, model.config, "cifar10-resnet8-w0.25", run.info.run_id,
+                              {"dataset": "cifar10", "seed": "0", "lineage": "x"}, {"dataset": "cifar10"})
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    argv = ["-m", "entrypoints.analyze", "--models", f"models:/{v.name}/{v.version}", "--num_examples", "100",
+            "--batch_size", "20", "--passes", "50", "--device", "cpu", "--analyses", "cka,pc"]
+    victim = spawn(argv, uri)
+    deadline = time.time() + 120
+    while not [r for r in runs(uri) if r.data.tags.get("widedeep.kind") == "analyze"]:
+        assert victim.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    time.sleep(1.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    finish(spawn(argv[:8] + ["--passes", "2"] + argv[10:], uri))
+    analyses = [r for r in runs(uri) if r.data.tags.get("widedeep.kind") == "analyze"]
+    by_status = {r.info.status: r for r in analyses}
+    assert sorted(by_status) == ["FINISHED", "KILLED"]
+    assert "block_count" not in by_status["KILLED"].data.metrics  # nothing logged as if complete
+    tags = MlflowClient().get_model_version(v.name, v.version).tags
+    assert tags["analysis_run_id"] == by_status["FINISHED"].info.run_id
+
+
+def concurrent_trains(uri: str) -> None:
+    procs = [spawn(["-m", "entrypoints.train", *TRAIN[:4], "--epochs", "2", "--batch_size", "50", "--device", "cpu",
+                    "--seed", str(seed)], uri, OMP_NUM_THREADS="1") for seed in range(4)]
+    for p in procs:
+        finish(p)
+    found = runs(uri)
+    assert len(found) == 4 and all(r.info.status == "FINISHED" for r in found)
+    client = MlflowClient()
+    for r in found:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2]
+    versions = registry.search_versions("name = 'cifar10-resnet8-w0.25'")
+    assert sorted(v.tags["seed"] for v in versions) == ["0", "1", "2", "3"]
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_four_trains_at_once_on_one_sqlite_store(store):
+    concurrent_trains(os.environ["MLFLOW_TRACKING_URI"])
+
+
+@pytest.mark.postgres
+def test_four_trains_at_once_on_postgresql(pg_store):
+    mlflow.search_experiments()  # create the schema once, before the writers start
+    concurrent_trains(pg_store)
+
+
+@pytest.mark.postgres
+def test_credentials_in_uris_never_reach_params_tags_or_output(pg_store, optuna_pg_url, capfd):
+    from entrypoints import sweep as sweep_entry
+    from entrypoints.common import run_main
+
+    secret = "hunter2-not-logged"  # trust auth: the server ignores it, so it can be planted
+    with_password = lambda url: url.replace("postgres@", f"postgres:{secret}@")  # noqa: E731
+    tracking, storage = with_password(pg_store), with_password(optuna_pg_url)
+    mlflow.set_tracking_uri(tracking)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking
+    os.environ["WIDEDEEP_OPTUNA_STORAGE"] = storage
+    try:
+        args = sweep_entry.parse_args(["--depths", "8", "--widths", "0.25", "--epochs", "1", "--batch_size", "50", "--device", "cpu"])
+        assert run_main(lambda: sweep_entry.main(args)) == 0
+    finally:
+        del os.environ["WIDEDEEP_OPTUNA_STORAGE"]
+    found = runs(tracking)
+    assert len(found) == 2  # the sweep and its one cell
+    for r in found:
+        assert not any(secret in str(v) for v in [*r.data.params.values(), *r.data.tags.values()])
+    for v in registry.search_versions(""):
+        assert not any(secret in str(t) for t in v.tags.values())
+    out, err = capfd.readouterr()
+    assert secret not in out and secret not in err
+    assert any(r.data.tags.get("sweep.storage", "").startswith("postgresql+psycopg2://postgres:***@") for r in found)
+
+
+def test_every_server_example_binds_to_localhost():
+    import re
+
+    text = (REPO / "README.md").read_text() + "".join(p.read_text() for p in (REPO / "docs").glob("**/*") if p.is_file())
+    hosts = re.findall(r"--host[ =](\S+)", text)
+    assert hosts and set(hosts) == {"127.0.0.1"}
