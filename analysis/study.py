@@ -63,7 +63,7 @@ PRESETS = {
         name="cpu",
         grid=sweep.Grid(depths=(20, 56), widths=(1.0,), seeds=(0, 1), data_fractions=(0.02,)),
         train={"epochs": 80, "lr": 0.05, "eval_every": 80},
-        analysis=AnalysisOptions(analyses=("cka", "pc", "probes", "deletion"), num_examples=2000, batch_size=256, passes=2,
+        analysis=AnalysisOptions(analyses=("cka", "pc", "probes", "deletion"), num_examples=1000, batch_size=250, passes=2,
                                  pc_iterations=4, probe_examples=1000),
         contrast=((20, 1.0), (56, 1.0)),
         description="ResNet-56 (deep) against ResNet-20 (control), width 1, on 2% of CIFAR-10, two seeds each",
