@@ -39,6 +39,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between test-set evaluations; the last epoch is always evaluated
     val_fraction: float = 0.0  # > 0: hold out this share of the training subset and score it instead of the test set
     channels_last: bool = True  # measured faster on CPU and GPU alike (docs/performance.md)
+    compile: bool = False  # torch.compile the training step; off by default: see docs/performance.md
 
     def __post_init__(self) -> None:
         ModelConfig(depth=self.depth, width=self.width)  # validates depth and width
@@ -65,7 +66,7 @@ class TrainConfig:
     def fingerprint(self, *extra: str) -> str:
         """A hash of everything that determines the trained weights (device settings excluded)."""
         fields = dataclasses.asdict(self)
-        for k in ("device", "eval_batch_size", "eval_every", "channels_last"):
+        for k in ("device", "eval_batch_size", "eval_every", "channels_last", "compile"):
             fields.pop(k)
         return hashlib.sha256(json.dumps([fields, *extra], sort_keys=True).encode()).hexdigest()[:20]
 

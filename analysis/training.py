@@ -102,6 +102,7 @@ def train(
         if on_epoch:
             on_epoch(epoch, metrics)
 
+    forward = torch.compile(model) if config.compile else model  # shares the parameters of `model`
     steps_per_epoch = n // config.batch_size  # the remainder is dropped; reshuffled every epoch
     total_steps = config.epochs * steps_per_epoch
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -121,7 +122,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast(device):
-                logits = model(x)
+                logits = forward(x)
             loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

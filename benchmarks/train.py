@@ -92,21 +92,23 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--channels-last", default="on", choices=["on", "off", "both"])
+    p.add_argument("--compile", default="off", choices=["on", "off", "both"], help="torch.compile the real loop's step")
     args = p.parse_args()
     device = resolve_device(args.device)
     data = synthetic_data(args.examples, args.test_examples)
-    layouts = {"on": [True], "off": [False], "both": [False, True]}[args.channels_last]
+    switch = {"on": [True], "off": [False], "both": [False, True]}
+    variants = [(cl, comp) for cl in switch[args.channels_last] for comp in switch[args.compile]]
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
         print(f"\n{args.examples} images per epoch, batch 128, device {device} ({torch.get_num_threads()} threads), "
               f"median of {args.repeats} alternating runs\n")
-        print(f"{'model':<12}{'channels_last':>14}{'bare img/s':>12}{'real img/s':>12}{'overhead':>10}{'evals s':>10}")
+        print(f"{'model':<12}{'channels_last':>14}{'compile':>9}{'bare img/s':>12}{'real img/s':>12}{'overhead':>10}{'evals s':>10}")
         for spec in args.models.split(","):
             depth, width = spec.split("x")
-            for channels_last in layouts:
+            for channels_last, compiled in variants:
                 config = TrainConfig(depth=int(depth), width=float(width), epochs=1, device=str(device.type),
-                                     channels_last=channels_last, eval_batch_size=500)
+                                     channels_last=channels_last, compile=compiled, eval_batch_size=500)
                 bare, real, evals = [], [], []
                 bare_epoch(dataclasses.replace(config), synthetic_data(256, 10), device)  # warm-up
                 for _ in range(args.repeats):
@@ -115,7 +117,7 @@ def main() -> None:
                     real.append(r)
                     evals.append(e)
                 b, r = statistics.median(bare), statistics.median(real)
-                print(f"{'ResNet-' + depth + ' w' + width:<12}{str(channels_last):>14}{b:>12.1f}{r:>12.1f}"
+                print(f"{'ResNet-' + depth + ' w' + width:<12}{str(channels_last):>14}{str(compiled):>9}{b:>12.1f}{r:>12.1f}"
                       f"{(b / r - 1) * 100:>9.1f}%{statistics.median(evals):>10.2f}")
 
 

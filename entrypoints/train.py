@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=d.device)
     p.add_argument("--subset_seed", type=int, default=d.subset_seed)
     p.add_argument("--eval_every", type=int, default=d.eval_every, help="epochs between test evaluations")
+    p.add_argument("--compile", default="false", choices=["true", "false"], help="torch.compile the training step")
     return p.parse_args(argv)
 
 
@@ -54,6 +55,7 @@ def main(args: argparse.Namespace) -> None:
             device=args.device,
             subset_seed=args.subset_seed,
             eval_every=args.eval_every,
+            compile=args.compile == "true",
         )
         mlflow.log_param("epochs_resolved", config.epochs)
         result, version = train_and_register(config)

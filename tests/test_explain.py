@@ -140,3 +140,20 @@ def test_deleting_a_block_whose_residual_branch_is_zeroed_changes_no_logit():
         assert not torch.allclose(predict_logits(model, images), intact)
     accuracy = deletion_accuracy(model, config, images, torch.zeros(8, dtype=torch.long))
     assert list(accuracy) == residual_blocks(config, identity_only=True) == ["stage1.block1", "stage1.block2", "stage2.block2", "stage3.block2"]
+
+
+def test_the_shared_forward_pass_gives_the_same_cka_as_separate_passes():
+    tables = shared_pc_layers(n=256)
+    model = Lookup(tables)
+    other = Lookup({k: v.flip(1) * 2 for k, v in tables.items()})
+    names = list(tables)
+    images, targets = index_images(256), torch.zeros(256, dtype=torch.long)
+    pc = estimate_pc1(model, names, images, batch_size=64, iterations=2, progress=False)
+    pc_other = estimate_pc1(other, names, images, batch_size=64, iterations=2, progress=False)
+    together = model_cka([model, other], [names, names], images, targets, batch_size=64, passes=2,
+                         directions=[pc.directions, pc_other.directions], progress=False)
+    alone = model_cka([model], [names], images, targets, batch_size=64, passes=2, progress=False)
+    np.testing.assert_allclose(together.within(0), alone.within(0), atol=1e-12)
+    alone_other = model_cka([other], [names], images, targets, batch_size=64, passes=2,
+                            directions=[pc_other.directions], progress=False)
+    np.testing.assert_allclose(together.within(1, "without_pc1"), alone_other.within(0, "without_pc1"), atol=1e-12)

@@ -91,3 +91,11 @@ def test_fraction_leaving_fewer_examples_than_a_batch(data):
 def test_eval_every_skips_test_passes_but_always_scores_the_last_epoch(data):
     result = train(TrainConfig(**{**TINY, "epochs": 5, "eval_every": 2}), data, progress=False)
     assert ["test_accuracy" in h for h in result.history] == [False, True, False, True, True]
+
+
+def test_channels_last_gives_the_same_logits_within_float_tolerance(data):
+    from analysis.evaluation import predict_logits
+
+    a = train(TrainConfig(**{**TINY, "epochs": 1, "channels_last": True}), data, progress=False).model
+    b = train(TrainConfig(**{**TINY, "epochs": 1, "channels_last": False}), data, progress=False).model
+    torch.testing.assert_close(predict_logits(a, data.test_x), predict_logits(b, data.test_x), atol=1e-3, rtol=1e-3)
