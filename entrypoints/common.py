@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
 import mlflow
 from mlflow.entities import RunStatus
 
+from analysis.config import PRESET_EPOCHS, TrainConfig, resolve_epochs
 from analysis.tracking import reap_dead_runs
 
 # Errors that mean "bad input or bad data": reported in one line, no traceback.
@@ -28,6 +30,31 @@ def run_main(main: Callable[[], None]) -> int:
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         return 2
     return 0
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """The training settings that `train` and `sweep` share (defaults: analysis.config)."""
+    d = TrainConfig()
+    p.add_argument("--preset", default="quick", choices=sorted(PRESET_EPOCHS))
+    p.add_argument("--epochs", type=int, default=0, help="0: the preset's count")
+    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight_decay", type=float, default=d.weight_decay)
+    p.add_argument("--dataset", default=d.dataset)
+    p.add_argument("--data_dir", default=d.data_dir)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--eval_every", type=int, default=d.eval_every, help="epochs between test evaluations")
+    p.add_argument("--compile", default="false", choices=["true", "false"], help="torch.compile the training step")
+
+
+def training_settings(args: argparse.Namespace) -> dict:
+    """TrainConfig fields from the arguments of add_training_args."""
+    return {
+        "epochs": resolve_epochs(args.preset, args.epochs), "batch_size": args.batch_size, "lr": args.lr,
+        "momentum": args.momentum, "weight_decay": args.weight_decay, "dataset": args.dataset, "data_dir": args.data_dir,
+        "device": args.device, "eval_every": args.eval_every, "compile": args.compile == "true",
+    }
 
 
 def log_params_once(params: dict) -> None:

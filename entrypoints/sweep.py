@@ -8,7 +8,6 @@ study and exit: run it once before starting workers on several machines against 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import subprocess
 import sys
@@ -18,9 +17,9 @@ import optuna
 import torch
 
 from analysis import sweep
-from analysis.config import PRESET_EPOCHS, TrainConfig, resolve_epochs
+from analysis.config import TrainConfig
 from analysis.tracking import start_run
-from entrypoints.common import log_params_once, run_main
+from entrypoints.common import add_training_args, log_params_once, run_main, training_settings
 
 STORAGE_ENV = "WIDEDEEP_OPTUNA_STORAGE"
 WORKER_PARENT_ENV = "WIDEDEEP_SWEEP_PARENT"
@@ -39,27 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     p.add_argument("--n_trials", type=int, default=20, help="search mode: trials for this worker")
     p.add_argument("--val_fraction", type=float, default=0.1, help="search mode: held-out share of the training subset")
-    p.add_argument("--preset", default="quick", choices=sorted(PRESET_EPOCHS))
-    p.add_argument("--epochs", type=int, default=0)
-    p.add_argument("--batch_size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight_decay", type=float, default=d.weight_decay)
-    p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--data_dir", default=d.data_dir)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--eval_every", type=int, default=d.eval_every)
+    add_training_args(p)
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:
     grid = sweep.Grid.parse(args.depths, args.widths, args.seeds, args.data_fractions)
-    base = TrainConfig(
-        depth=grid.depths[0], width=grid.widths[0], data_fraction=grid.data_fractions[0],
-        epochs=resolve_epochs(args.preset, args.epochs), batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, dataset=args.dataset, data_dir=args.data_dir, device=args.device,
-        eval_every=args.eval_every,
-    )
+    base = TrainConfig(depth=grid.depths[0], width=grid.widths[0], data_fraction=grid.data_fractions[0], **training_settings(args))
     url = args.storage or os.environ.get(STORAGE_ENV) or "sqlite:///optuna.db"
     name = args.study or sweep.default_study_name(grid, base)
     parent = os.environ.get(WORKER_PARENT_ENV)

@@ -8,55 +8,30 @@ import sys
 import mlflow
 
 from analysis import registry
-from analysis.config import PRESET_EPOCHS, TrainConfig, resolve_epochs
+from analysis.config import TrainConfig
 from analysis.train_run import train_and_register
 from analysis.tracking import start_run
-from entrypoints.common import log_params_once, run_main
+from entrypoints.common import add_training_args, log_params_once, run_main, training_settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--preset", default="quick", choices=sorted(PRESET_EPOCHS))
     p.add_argument("--depth", type=int, default=d.depth, help="6n+2: 14, 20, 26, 32, 38, 44, 56, 110, 164")
     p.add_argument("--width", type=float, default=d.width, help="channel multiplier (16k, 32k, 64k)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--data_fraction", type=float, default=d.data_fraction)
-    p.add_argument("--epochs", type=int, default=0, help="0: the preset's count")
-    p.add_argument("--batch_size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight_decay", type=float, default=d.weight_decay)
-    p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--data_dir", default=d.data_dir)
-    p.add_argument("--device", default=d.device)
     p.add_argument("--subset_seed", type=int, default=d.subset_seed)
-    p.add_argument("--eval_every", type=int, default=d.eval_every, help="epochs between test evaluations")
-    p.add_argument("--compile", default="false", choices=["true", "false"], help="torch.compile the training step")
+    add_training_args(p)
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:
-    with start_run() as run:
+    with start_run():
         log_params_once(vars(args))
         mlflow.set_tag("widedeep.kind", "train")
-        config = TrainConfig(
-            depth=args.depth,
-            width=args.width,
-            seed=args.seed,
-            data_fraction=args.data_fraction,
-            epochs=resolve_epochs(args.preset, args.epochs),
-            batch_size=args.batch_size,
-            lr=args.lr,
-            momentum=args.momentum,
-            weight_decay=args.weight_decay,
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            device=args.device,
-            subset_seed=args.subset_seed,
-            eval_every=args.eval_every,
-            compile=args.compile == "true",
-        )
+        config = TrainConfig(depth=args.depth, width=args.width, seed=args.seed, data_fraction=args.data_fraction,
+                             subset_seed=args.subset_seed, **training_settings(args))
         mlflow.log_param("epochs_resolved", config.epochs)
         result, version = train_and_register(config)
         print(

@@ -62,16 +62,21 @@ def store_template(tmp_path_factory) -> Path:
 def store(tmp_path, monkeypatch, store_template, tiny_data, cache_root) -> Path:
     """A fresh tracking store in the test's own directory, which is also the working directory
     (artifacts go to ./mlruns as with MLflow's defaults). Returns that directory."""
+    shutil.copy(store_template, tmp_path / "mlflow.db")
+    yield from _tracking_in(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, monkeypatch, tiny_data, cache_root)
+
+
+def _tracking_in(uri: str, workdir: Path, monkeypatch, tiny_data: Path, cache_root: Path):
+    """Point MLflow (in this process and in children) and the data and cache folders at a test's
+    own store and directory; yields `workdir`; ends runs left open and resets MLflow after."""
     import mlflow
 
-    shutil.copy(store_template, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(workdir)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("WIDEDEEP_DATA_DIR", str(tiny_data))
     monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache_root))
     mlflow.set_tracking_uri(uri)
-    yield tmp_path
+    yield workdir
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
@@ -118,18 +123,9 @@ def optuna_pg_url():
 
 @pytest.fixture
 def pg_store(tmp_path, monkeypatch, postgres_url, tiny_data, cache_root):
-    """The session's PostgreSQL database as the tracking store, artifacts under the test's dir."""
-    import mlflow
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_url)
-    monkeypatch.setenv("WIDEDEEP_DATA_DIR", str(tiny_data))
-    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache_root))
-    mlflow.set_tracking_uri(postgres_url)
-    yield postgres_url
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    """A fresh PostgreSQL database as the tracking store, artifacts under the test's dir; yields its URL."""
+    for _ in _tracking_in(postgres_url, tmp_path, monkeypatch, tiny_data, cache_root):
+        yield postgres_url
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

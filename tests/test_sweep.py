@@ -10,7 +10,6 @@ import time
 import mlflow
 import optuna
 import pytest
-from mlflow import MlflowClient
 
 from analysis import registry, sweep
 from entrypoints import sweep as sweep_entry
