@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import html
 import json
+import shutil
 from itertools import combinations
 from pathlib import Path
 
@@ -91,8 +92,12 @@ def write_report(p: StudyPreset, result: dict, out: Path, run_id: str) -> Path:
     rows: pd.DataFrame = result["rows"]
     numbers = study_rows_frame(rows)
     per_model = {}
+    figures = out / "figures"  # each model's figures beside the page, for documents that link them
+    figures.mkdir(parents=True, exist_ok=True)
     for row in rows.itertuples():
         per_model[row] = _download(row.analysis_run_id, "cka")
+        for png in (per_model[row].glob("*.png") if per_model[row] else []):
+            shutil.copy(png, figures / f"resnet{row.depth}-w{row.width:g}-f{row.data_fraction:g}-s{row.seed}_{png.name}")
     cross, cross_figures = cross_seed_numbers(rows)
     t = result["timings"]
     pm = result["predictions"]
