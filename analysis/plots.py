@@ -159,7 +159,8 @@ def trend(table, x: str, panel: str, y: str, title: str) -> Figure:
 def heatmap_grid(cells: dict, depths: Sequence, widths: Sequence, title: str) -> Figure:
     """The paper's Figure 1 layout: rows depth, columns width; `cells[(depth, width)]` is
     (matrix, layer names, caption), missing cells left blank."""
-    fig, axes = plt.subplots(len(depths), len(widths), figsize=(2.9 * len(widths), 2.8 * len(depths)), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(len(depths), len(widths), figsize=(max(2.9 * len(widths), 5.0), 2.8 * len(depths)), dpi=110,
+                             squeeze=False)
     for r, depth in enumerate(depths):
         for c, width in enumerate(widths):
             ax = axes[len(depths) - 1 - r][c]  # deepest at the top, as in the paper
