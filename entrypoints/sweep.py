@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> None:
             failed = [p.args for p in helpers if p.wait() != 0]
         if failed:
             raise RuntimeError(f"{len(failed)} worker process(es) failed; rerun the same command to finish the grid")
-        summarise(url, name)
+        summarise(url, name if args.mode == "grid" else f"{name}-search")
 
 
 def start_helpers(count: int, parent_run_id: str) -> list[subprocess.Popen]:

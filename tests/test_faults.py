@@ -189,3 +189,34 @@ def test_every_server_example_binds_to_localhost():
     text = (REPO / "README.md").read_text() + "".join(p.read_text() for p in (REPO / "docs").glob("**/*") if p.is_file())
     hosts = re.findall(r"--host[ =](\S+)", text)
     assert hosts and set(hosts) == {"127.0.0.1"}
+
+
+@pytest.mark.slow
+def test_study_killed_mid_way_resumes_to_a_complete_report(store):
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    argv = ["-m", "entrypoints.study", "--preset", "smoke", "--device", "cpu", "--storage", f"sqlite:///{store / 'optuna.db'}",
+            "--out", str(store / "report")]
+    victim = spawn(argv, uri)
+    deadline = time.time() + 300
+    while len([r for r in runs(uri) if r.data.tags.get("widedeep.kind") == "train" and r.info.status == "FINISHED"]) < 2:
+        assert victim.poll() is None and time.time() < deadline, "the study never trained two cells"
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    finish(spawn(argv, uri))
+    found = runs(uri)
+    assert "RUNNING" not in {r.info.status for r in found}
+    trained = [r for r in found if r.data.tags.get("widedeep.kind") == "train" and r.info.status == "FINISHED"]
+    assert len(trained) == 4  # the two finished before the kill were not trained again
+    assert len(registry.search_versions("")) == 4
+    assert (store / "report" / "report.html").exists()
+
+
+def test_a_parameter_of_the_wrong_type_fails_the_run_in_one_line(store):
+    from tests.conftest import mlflow_cli
+
+    proc = mlflow_cli("-e", "train", "-P", "depth=abc", cwd=store)
+    assert proc.returncode != 0
+    assert "argument --depth: invalid int value: 'abc'" in proc.stderr
+    (run,) = runs(os.environ["MLFLOW_TRACKING_URI"])
+    assert run.info.status == "FAILED" and registry.search_versions("") == []

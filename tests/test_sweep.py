@@ -109,3 +109,16 @@ def test_a_worker_killed_mid_trial_has_its_cell_completed_by_a_rerun(pg_store, o
     study = optuna.load_study(study_name="shared", storage=optuna_pg_url)
     assert sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials) == 1
     assert not list(checkpoints.glob("*.safetensors"))  # both cells registered: no checkpoint left
+
+
+def test_search_mode_tunes_lr_and_weight_decay_on_a_validation_split(store):
+    storage = f"sqlite:///{store / 'optuna.db'}"
+    assert run_sweep("--widths", "0.25", "--mode", "search", "--n_trials", "3", "--epochs", "2", "--storage", storage) == 0
+    trials = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'search'", output_format="list")
+    assert len(trials) == 3 and all(r.info.status == "FINISHED" for r in trials)
+    for r in trials:
+        assert "val_accuracy" in r.data.metrics and "test_accuracy" not in r.data.metrics  # never the test set
+        assert float(r.data.params["val_fraction"]) == pytest.approx(0.1)
+    assert registry.search_versions("") == []  # search trials are not registered models
+    study = optuna.load_study(study_name=next(s.study_name for s in optuna.get_all_study_summaries(storage)), storage=storage)
+    assert len({(t.params["lr"], t.params["weight_decay"]) for t in study.trials}) == 3
