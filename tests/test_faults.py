@@ -19,7 +19,7 @@ from analysis import registry
 from analysis.models import ModelConfig, build_model
 from tests.conftest import REPO, subprocess_env
 
-TRAIN = ["--depth", "8", "--width", "0.25", "--epochs", "4", "--batch_size", "50", "--device", "cpu"]
+TRAIN = ["--depth", "8", "--width", "0.25", "--epochs", "8", "--batch_size", "50", "--device", "cpu"]
 
 # Runs `train`, SIGKILLing itself right after the model version is created (before the run ends).
 KILL_AFTER_REGISTER = """
@@ -54,6 +54,24 @@ def store_uri(directory: Path, template: Path) -> str:
     return f"sqlite:///{directory / 'mlflow.db'}"
 
 
+def wait_for_checkpoint(proc: subprocess.Popen, ckpt_dir: Path, before: set, newer_than: int | None) -> Path:
+    """The training's checkpoint, once it exists (and is newer than `newer_than`, in ns)."""
+    deadline = time.time() + 300
+    while True:
+        new = set(ckpt_dir.glob("*.safetensors")) - before if ckpt_dir.exists() else set()
+        if new and (newer_than is None or next(iter(new)).stat().st_mtime_ns > newer_than):
+            return next(iter(new))
+        assert proc.poll() is None and time.time() < deadline, "train ended without the expected checkpoint"
+        time.sleep(0.01)
+
+
+def kill_soon(proc: subprocess.Popen, rng: random.Random) -> None:
+    time.sleep(rng.uniform(0, 0.3))
+    assert proc.poll() is None, "training finished before the kill: the test needs more epochs"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def registered_state(uri: str) -> dict[str, torch.Tensor]:
     mlflow.set_tracking_uri(uri)
     (version,) = registry.search_versions("")
@@ -77,20 +95,15 @@ def test_train_killed_at_random_points_resumes_to_the_uninterrupted_weights(tmp_
     ckpt_dir = cache_root / "checkpoints"
     before = set(ckpt_dir.glob("*.safetensors")) if ckpt_dir.exists() else set()
     rng = random.Random(0)
-    # 1: mid-training, right after the first checkpoint appears (during epoch 2 or its save);
-    # 2: at a random moment of a resumed run; 3: right after registering, before the run ends.
+    # 1: right after the first checkpoint appears (during epoch 2 or its save); 2: in a resumed
+    # run, right after it saves a further epoch; 3: right after registering, before the run ends.
+    # Each kill lands at a random moment within 0.3 s of its trigger, while training still runs.
     victim = spawn(["-m", "entrypoints.train", *TRAIN], uri)
-    deadline = time.time() + 300
-    while not (set(ckpt_dir.glob("*.safetensors")) - before if ckpt_dir.exists() else set()):
-        assert victim.poll() is None and time.time() < deadline, "train never wrote a checkpoint"
-        time.sleep(0.02)
-    time.sleep(rng.uniform(0, 0.3))
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    first = wait_for_checkpoint(victim, ckpt_dir, before, None)
+    kill_soon(victim, rng)
     victim = spawn(["-m", "entrypoints.train", *TRAIN], uri)
-    time.sleep(rng.uniform(2, 6))
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    wait_for_checkpoint(victim, ckpt_dir, before, first.stat().st_mtime_ns)
+    kill_soon(victim, rng)
     victim = spawn(["-c", KILL_AFTER_REGISTER, *TRAIN], uri)
     victim.wait(timeout=600)
     assert victim.returncode == -signal.SIGKILL
