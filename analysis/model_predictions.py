@@ -19,7 +19,6 @@ from . import plots, registry
 from .data import ImageData
 from .evaluation import predict_logits
 from .predictions import GroupComparison, compare_groups
-from .queries import search_versions
 
 LOGITS_TAG = "test_logits"
 
@@ -29,12 +28,7 @@ def group_uris(spec: str, which: str) -> list[str]:
     spec = spec.strip()
     if not spec:
         raise ValueError(f"{which} is empty; give a registry filter such as \"name='cifar10-resnet20-w4'\" or models:/ URIs")
-    if spec.startswith("models:/"):
-        return [u.strip() for u in spec.split(",") if u.strip()]
-    found = search_versions(spec)
-    if not found:
-        raise ValueError(f"{which}={spec!r} matches no registered model version")
-    return [f"models:/{v.name}/{v.version}" for v in found]
+    return registry.split_uris(spec) if spec.startswith("models:/") else registry.uris_matching(spec, which)
 
 
 def cached_logits(uri: str, device: torch.device, data: ImageData, run_id: str, out: Path) -> np.ndarray:

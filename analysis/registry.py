@@ -101,6 +101,20 @@ def find_versions(name: str | None = None, tags: dict[str, str] | None = None) -
     return search_versions(" and ".join(clauses))
 
 
+def split_uris(text: str) -> list[str]:
+    """'models:/a/1, models:/b@newest' -> ['models:/a/1', 'models:/b@newest']."""
+    return [u.strip() for u in text.split(",") if u.strip()]
+
+
+def uris_matching(filter_string: str, parameter: str) -> list[str]:
+    """models:/NAME/VERSION of every version a registry filter matches, newest first; an empty
+    match is an error naming the `parameter` that held the filter."""
+    found = search_versions(filter_string)
+    if not found:
+        raise ValueError(f"{parameter}={filter_string!r} matches no registered model version; check the filter in the MLflow UI")
+    return [f"models:/{v.name}/{v.version}" for v in found]
+
+
 def resolve_version(uri: str) -> ModelVersion:
     """models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS to a registered version."""
     match = MODEL_URI.match(uri.strip())

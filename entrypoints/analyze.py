@@ -16,7 +16,6 @@ import mlflow
 from analysis import registry
 from analysis.data import load_dataset
 from analysis.pipeline import AnalysisOptions, analyze_models, check_dataset, log_analysis
-from analysis.queries import search_versions
 from analysis.runtime import resolve_device
 from analysis.tracking import start_run
 from entrypoints.common import log_params_once, run_main
@@ -44,12 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def model_uris(models: str, search: str) -> list[str]:
-    uris = [u.strip() for u in models.split(",") if u.strip()]
-    if search.strip():
-        found = search_versions(search)
-        if not found:
-            raise ValueError(f"search={search!r} matches no registered model version; check the filter in the MLflow UI")
-        uris += [f"models:/{v.name}/{v.version}" for v in found]
+    uris = registry.split_uris(models) + (registry.uris_matching(search, "search") if search.strip() else [])
     if not uris:
         raise ValueError("no models given; pass -P models=models:/NAME/VERSION[,...] or -P search=\"tags.depth='20'\"")
     return list(dict.fromkeys(uris))  # de-duplicated, in order
