@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+import warnings
 from itertools import combinations
 from pathlib import Path
 from typing import Sequence
@@ -35,6 +36,10 @@ from .tracking import start_run
 
 ANALYSES = ("cka", "pc", "probes", "deletion")
 PROBE_TRAIN = ("subset", "full", "both")
+# Below this (clean) training accuracy a model has not fitted its training set, and an
+# under-trained ResNet looks like one big block (PAPER.md's pitfalls; docs/cpu-study.md has a
+# ResNet-110 that failed to train at lr 0.05: "blocks" over 73% of its layers, PC1 share 0.99).
+FITS_TRAINING_SET = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,8 @@ class ModelReport:
         spans = [(b.start, b.end) for b in self.blocks]
         train_acc = m.tags.get("train_accuracy", "?")
         subtitle = f"test acc {self.metrics['analysis_test_accuracy']:.3f} · train acc {train_acc} · {len(self.blocks)} block(s)"
+        if self.metrics.get("fits_training_set") == 0:
+            subtitle += " · UNDER-TRAINED"
         write_matrix(directory, "cka", self.cka, names, names)
         write_heatmap(directory, "heatmap", self.cka, names, title=m.label, subtitle=subtitle, blocks=spans)
         summary = {
@@ -169,6 +176,22 @@ def explanation_metrics(report: ModelReport) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
 
 
+def training_fit(m: LoadedModel) -> float | None:
+    """1.0 if the model fits its training set (clean accuracy >= FITS_TRAINING_SET), 0.0 if not
+    (with a warning that names it), None when the version records no training accuracy."""
+    if "train_accuracy" not in m.tags:
+        return None
+    accuracy = float(m.tags["train_accuracy"])
+    if accuracy >= FITS_TRAINING_SET:
+        return 1.0
+    warnings.warn(
+        f"{m.label} fits only {accuracy:.1%} of its training set (under {FITS_TRAINING_SET:.0%}): an under-trained "
+        "ResNet looks like one big block, so its block metrics mean little; train it longer or with a lower lr",
+        stacklevel=2,
+    )
+    return 0.0
+
+
 def check_dataset(loaded: Sequence[LoadedModel], requested: str = "") -> str:
     """The one dataset all `loaded` models were trained on (and `requested`, if given)."""
     trained_on = {m.training.get("dataset", m.tags.get("dataset")) for m in loaded}
@@ -210,6 +233,8 @@ def analyze_models(
             model=m, names=names[i], cka=joint.within(i), blocks=found,
             metrics={**block_detection.block_metrics(found, len(names[i])), "analysis_test_accuracy": joint.accuracy[i]},
         )
+        if (fit := training_fit(m)) is not None:
+            report.metrics["fits_training_set"] = fit
         if pcs is not None:
             report.cka_without_pc1 = joint.within(i, "without_pc1")
             report.cka_pc1_only = joint.within(i, "pc1_only")

@@ -12,7 +12,9 @@ from analysis.features import batch_reductions
 from analysis.model_cka import model_cka
 from analysis.models import ModelConfig, build_model, residual_blocks
 from analysis.pca import estimate_pc1, remove_direction
+from analysis.pipeline import FITS_TRAINING_SET, training_fit
 from analysis.probes import fit_probes, probe_accuracy
+from analysis.registry import LoadedModel
 
 
 class Lookup(nn.Module):
@@ -157,3 +159,15 @@ def test_the_shared_forward_pass_gives_the_same_cka_as_separate_passes():
     alone_other = model_cka([other], [names], images, targets, batch_size=64, passes=2,
                             directions=[pc_other.directions], progress=False)
     np.testing.assert_allclose(together.within(1, "without_pc1"), alone_other.within(0, "without_pc1"), atol=1e-12)
+
+
+def test_a_model_that_does_not_fit_its_training_set_is_flagged_and_named():
+    config = ModelConfig(depth=8, width=0.25)
+
+    def loaded(tags: dict) -> LoadedModel:
+        return LoadedModel(build_model(config), config, "models:/m/1", "m", "1", tags, None, {})
+
+    with pytest.warns(UserWarning, match=r"m-v1 fits only 12\.0% of its training set"):
+        assert training_fit(loaded({"train_accuracy": "0.12"})) == 0.0
+    assert training_fit(loaded({"train_accuracy": str(FITS_TRAINING_SET)})) == 1.0
+    assert training_fit(loaded({})) is None
