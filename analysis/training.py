@@ -30,7 +30,7 @@ from . import checkpoints
 from .config import TrainConfig
 from .data import ImageData, augment, indices_hash, subset_indices
 from .evaluation import evaluate
-from .models import ResNet, build_model, decayed_parameters
+from .models import ModelConfig, ResNet, build_model, decayed_parameters
 from .runtime import autocast, prepare_model, resolve_device
 
 CLEAN_TRAIN_EVAL_MAX = 10_000  # examples of the training subset scored without augmentation at the end
@@ -53,10 +53,9 @@ class TrainResult:
 CPU_CHANNELS_LAST_MIN_CHANNELS = 8
 
 
-def use_channels_last(config: TrainConfig, device: torch.device) -> bool:
-    """Whether training runs in channels_last: as configured, except where the CPU bug above bites."""
-    narrowest = config.model_config(num_classes=10).channels(1)
-    return config.channels_last and (device.type != "cpu" or narrowest >= CPU_CHANNELS_LAST_MIN_CHANNELS)
+def use_channels_last(wanted: bool, model: ModelConfig, device: torch.device) -> bool:
+    """Whether training runs in channels_last: as `wanted`, except where the CPU bug above bites."""
+    return wanted and (device.type != "cpu" or model.channels(1) >= CPU_CHANNELS_LAST_MIN_CHANNELS)
 
 
 def cosine_lr(step: int, total_steps: int, base_lr: float) -> float:
@@ -99,8 +98,9 @@ def train(
         )
 
     torch.manual_seed(config.seed)
-    channels_last = use_channels_last(config, device)
-    model = prepare_model(build_model(config.model_config(data.num_classes)), device, channels_last)
+    model_config = config.model_config(data.num_classes)
+    channels_last = use_channels_last(config.channels_last, model_config, device)
+    model = prepare_model(build_model(model_config), device, channels_last)
     kernels, others = decayed_parameters(model)
     optimizer = torch.optim.SGD(
         [{"params": kernels, "weight_decay": config.weight_decay}, {"params": others, "weight_decay": 0.0}],

@@ -6,6 +6,7 @@ import torch
 from analysis import checkpoints
 from analysis.config import TrainConfig
 from analysis.data import load_dataset
+from analysis.models import ModelConfig
 from analysis.training import cosine_lr, train, use_channels_last
 
 TINY = dict(depth=8, width=0.25, epochs=3, batch_size=50, device="cpu")
@@ -97,7 +98,7 @@ def test_channels_last_gives_the_same_logits_within_float_tolerance(data):
     from analysis.evaluation import predict_logits
 
     narrow = {**TINY, "width": 0.5, "epochs": 1}  # 8 channels: channels_last is used on the CPU
-    assert use_channels_last(TrainConfig(**narrow), torch.device("cpu"))
+    assert use_channels_last(True, ModelConfig(depth=8, width=0.5), torch.device("cpu"))
     a = train(TrainConfig(**{**narrow, "channels_last": True}), data, progress=False).model
     b = train(TrainConfig(**{**narrow, "channels_last": False}), data, progress=False).model
     torch.testing.assert_close(predict_logits(a, data.test_x), predict_logits(b, data.test_x), atol=1e-3, rtol=1e-3)
@@ -107,7 +108,8 @@ def test_channels_last_is_skipped_on_the_cpu_only_where_torch_crashes():
     # torch 2.14.1's CPU backward of a 1x1 stride-2 conv in channels_last with 2-6 input channels
     # hangs or crashes: width 0.25 (4 channels in stage 1) must train in the default format there.
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not use_channels_last(TrainConfig(**TINY), cpu)
-    assert use_channels_last(TrainConfig(**TINY), cuda)
-    assert use_channels_last(TrainConfig(**{**TINY, "width": 1.0}), cpu)
-    assert not use_channels_last(TrainConfig(**{**TINY, "width": 1.0, "channels_last": False}), cpu)
+    narrow, standard = ModelConfig(depth=8, width=0.25), ModelConfig(depth=8, width=1.0)
+    assert not use_channels_last(True, narrow, cpu)
+    assert use_channels_last(True, narrow, cuda)
+    assert use_channels_last(True, standard, cpu)
+    assert not use_channels_last(False, standard, cpu)
