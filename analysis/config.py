@@ -1,21 +1,38 @@
-"""Every training hyperparameter in one place, and the presets that set them.
+"""Every knob of the project in one place: the training recipe and its presets, the analysis
+options, the thresholds that turn numbers into findings, the sweep grid and the study presets.
 
-The paper's CIFAR recipe (PAPER.md): SGD with momentum 0.9, lr 0.01 with cosine decay to 0,
-batch 128, L2 1e-4 on conv and dense kernels (weight_decay 2e-4 in PyTorch's convention, since
-Keras adds lambda * ||w||^2 to the loss and its gradient is 2 * lambda * w), 300 epochs,
-reflect-pad-4 crops and flips, inputs in [0, 1]. Only the epoch count differs between presets:
-`quick` finishes a ResNet-20 on the full training set in a few minutes on 2 CPU cores.
+The paper's CIFAR recipe (Nguyen, Raghu & Kornblith, 2021): SGD with momentum 0.9, lr 0.01 with
+cosine decay to 0, batch 128, L2 1e-4 on conv and dense kernels (weight_decay 2e-4 in PyTorch's
+convention, since Keras adds lambda * ||w||^2 to the loss and its gradient is 2 * lambda * w),
+300 epochs, reflect-pad-4 crops and flips, inputs in [0, 1]. Only the epoch count differs between
+the training presets: `quick` finishes a ResNet-20 on the full training set in minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import math
 
 from .data import DATASETS
-from .models import ModelConfig
+from .nets import ModelConfig
 
+__all__ = [
+    "PRESET_EPOCHS", "DEVICES", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN",
+    "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "FITS_TRAINING_SET",
+    "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
+]  # fmt: skip
+
+def _check(obj, checks: list[tuple[bool, str, str]]) -> None:
+    """Raise for the first failed check, naming the field, its value and what is allowed."""
+    for ok, name, allowed in checks:
+        if not ok:
+            raise ValueError(f"{name}={getattr(obj, name)!r} is not allowed; use {allowed}")
+
+
+# --- training -------------------------------------------------------------------------------
 PRESET_EPOCHS = {"quick": 2, "paper": 300}
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -43,7 +60,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         ModelConfig(depth=self.depth, width=self.width)  # validates depth and width
-        checks = [
+        _check(self, [
             (0 < self.data_fraction <= 1, "data_fraction", "in (0, 1], e.g. 0.5 or 0.25"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.batch_size >= 2, "batch_size", "an integer >= 2 (BatchNorm needs two examples)"),
@@ -55,10 +72,7 @@ class TrainConfig:
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
             (self.eval_every >= 1, "eval_every", "an integer >= 1"),
             (0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)"),
-        ]
-        for ok, name, allowed in checks:
-            if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")
+        ])  # fmt: skip
 
     def model_config(self, num_classes: int) -> ModelConfig:
         return ModelConfig(depth=self.depth, width=self.width, num_classes=num_classes)
@@ -76,3 +90,146 @@ def resolve_epochs(preset: str, epochs: int) -> int:
     if preset not in PRESET_EPOCHS:
         raise ValueError(f"preset={preset!r} is unknown; use one of {', '.join(PRESET_EPOCHS)}")
     return epochs if epochs > 0 else PRESET_EPOCHS[preset]
+
+
+# --- analysis -------------------------------------------------------------------------------
+ANALYSES = ("cka", "pc", "probes", "deletion")
+LAYER_SETS = ("all", "blocks")
+PROBE_TRAIN = ("subset", "full", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisOptions:
+    """What `analyze` computes, on what. Defaults follow the paper: the 10,000 test images,
+    batches of 256, 10 reshuffled passes; probes on 2x2 max-pooled features."""
+
+    analyses: tuple[str, ...] = ("cka", "pc")
+    layers: str = "all"
+    num_examples: int = 10_000  # 0: the whole test set
+    batch_size: int = 256
+    passes: int = 10
+    seed: int = 0  # picks the examples and the batch order
+    pc_iterations: int = 6
+    probe_examples: int = 10_000  # training examples per probe (0: all)
+    probe_pool: int = 2
+    probe_train: str = "subset"  # the model's own training subset, the full training set, or both
+
+    def __post_init__(self) -> None:
+        unknown = set(self.analyses) - set(ANALYSES)
+        if unknown or not self.analyses:
+            raise ValueError(f"analyses={','.join(self.analyses)!r} has unknown names {sorted(unknown)}; "
+                             f"use a comma list of {', '.join(ANALYSES)}")
+        _check(self, [
+            (self.layers in LAYER_SETS, "layers", f"one of {', '.join(LAYER_SETS)}"),
+            (self.pc_iterations >= 1, "pc_iterations", "an integer >= 1"),
+            (self.probe_pool >= 1, "probe_pool", "an integer >= 1 (1: no pooling, the paper: 2)"),
+            (self.probe_train in PROBE_TRAIN, "probe_train", f"one of {', '.join(PROBE_TRAIN)}"),
+        ])  # fmt: skip
+
+    @staticmethod
+    def parse_analyses(text: str) -> tuple[str, ...]:
+        """'pc,probes' -> ('cka', 'pc', 'probes'): CKA always runs, the others need its blocks."""
+        names = [a.strip() for a in text.split(",") if a.strip()]
+        return tuple(dict.fromkeys(["cka", *names]))
+
+
+# Block rule (science/blocks.py explains the calibration on the CPU study, docs/cpu-study.md):
+# a contiguous range of layers with mean off-diagonal CKA >= BLOCK_THRESHOLD over at least
+# BLOCK_MIN_FRAC of all layers and never fewer than BLOCK_MIN_LAYERS.
+BLOCK_THRESHOLD = 0.94
+BLOCK_MIN_FRAC = 0.2
+BLOCK_MIN_LAYERS = 4
+# Linear probes: ridge = PROBE_RIDGE x the layer's mean feature variance (scale-invariant).
+PROBE_RIDGE = 1e-3
+# Below this clean training accuracy a model has not fitted its training set, and an under-trained
+# ResNet looks like one big block (docs/cpu-study.md: a ResNet-110 that failed to train at lr 0.05
+# had "blocks" over 73% of its layers and a PC1 share of 0.99).
+FITS_TRAINING_SET = 0.9
+
+# --- sweeps ---------------------------------------------------------------------------------
+# A worker silent for 3 heartbeats is presumed dead; its trial is failed and re-queued, twice at most.
+SWEEP_HEARTBEAT_SECONDS = 30
+SWEEP_MAX_RETRIES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The width x depth x seed x data-fraction grid of a sweep."""
+
+    depths: tuple[int, ...]
+    widths: tuple[float, ...]
+    seeds: tuple[int, ...]
+    data_fractions: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, depths: str, widths: str, seeds: str, data_fractions: str) -> "Grid":
+        def values(text: str, kind, name: str) -> tuple:
+            try:
+                out = tuple(dict.fromkeys(kind(v) for v in text.split(",") if v.strip()))
+            except ValueError:
+                raise ValueError(f"{name}={text!r} is not a comma-separated list of {kind.__name__}s, e.g. 20,56") from None
+            if not out:
+                raise ValueError(f"{name} is empty; give at least one value")
+            return out
+
+        grid = cls(values(depths, int, "depths"), values(widths, float, "widths"), values(seeds, int, "seeds"),
+                   values(data_fractions, float, "data_fractions"))
+        for cell in grid.cells():
+            TrainConfig(**{k: v for k, v in cell.items() if k != "seed"})  # every cell valid, before anything runs
+        return grid
+
+    def search_space(self) -> dict[str, list]:
+        return {"depth": list(self.depths), "width": list(self.widths), "seed": list(self.seeds),
+                "data_fraction": list(self.data_fractions)}
+
+    def cells(self) -> list[dict]:
+        """Every cell as {depth, width, seed, data_fraction}, in grid order."""
+        space = self.search_space()
+        return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(v) for v in self.search_space().values())
+
+
+# --- studies --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StudyPreset:
+    name: str
+    grid: Grid
+    train: dict  # TrainConfig fields shared by every cell
+    analysis: AnalysisOptions
+    contrast: tuple[tuple[int, float], tuple[int, float]]  # (depth, width) of group A and group B
+    description: str
+
+    def base_config(self, dataset: str, data_dir: str, device: str) -> TrainConfig:
+        return TrainConfig(depth=self.grid.depths[0], width=self.grid.widths[0], data_fraction=self.grid.data_fractions[0],
+                           dataset=dataset, data_dir=data_dir, device=device, **self.train)
+
+
+STUDY_PRESETS = {p.name: p for p in (
+    StudyPreset(
+        "smoke", Grid(depths=(8,), widths=(0.25, 0.5), seeds=(0, 1), data_fractions=(1.0,)),
+        {"epochs": 2, "batch_size": 50, "lr": 0.05},
+        AnalysisOptions(ANALYSES, num_examples=60, batch_size=20, passes=1, pc_iterations=2, probe_examples=200),
+        contrast=((8, 0.25), (8, 0.5)), description="tiny models on whatever data is given, to test the pipeline end to end"),
+    # Chosen by experiment on a 2-core CPU (docs/cpu-study.md): a deep ResNet on 2% of CIFAR-10,
+    # over-parameterised relative to its data, against a shallow control.
+    StudyPreset(
+        "cpu", Grid(depths=(20, 56), widths=(1.0,), seeds=(0, 1), data_fractions=(0.02,)),
+        {"epochs": 80, "lr": 0.05, "eval_every": 80},
+        AnalysisOptions(ANALYSES, num_examples=1000, batch_size=250, passes=2, pc_iterations=4, probe_examples=1000),
+        contrast=((20, 1.0), (56, 1.0)),
+        description="ResNet-56 (deep) against ResNet-20 (control), width 1, on 2% of CIFAR-10, two seeds each"),
+    StudyPreset(
+        "paper", Grid(depths=(20, 56, 110), widths=(1.0, 2.0, 4.0, 8.0, 10.0), seeds=tuple(range(10)),
+                      data_fractions=(1.0, 0.5, 0.25, 0.0625)),
+        {"epochs": 300}, AnalysisOptions(ANALYSES), contrast=((110, 1.0), (20, 10.0)),
+        description="the paper's CIFAR-10 grid and recipe (300 epochs, 10 seeds); GPU days"),
+)}
+
+
+def study_preset(name: str) -> StudyPreset:
+    if name not in STUDY_PRESETS:
+        raise ValueError(f"preset={name!r} is unknown; use one of {', '.join(STUDY_PRESETS)}")
+    return STUDY_PRESETS[name]

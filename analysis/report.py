@@ -12,10 +12,14 @@ from itertools import combinations
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 
-from .study import StudyPreset, study_rows_frame
+from .config import StudyPreset
+from .science.explain import cross_seed_similarity
+from .store import contract as c
+from .store.results import cross_matrix, download, model_analysis
+
+__all__ = ["SECTIONS", "StudyResults", "study_rows_frame", "cross_seed_numbers", "write_report"]
 
 SECTIONS = {
     "setup": "Setup", "training": "Training", "block-structure": "Block structure", "pc1": "First principal component",
@@ -34,6 +38,26 @@ CLAIMS = {
 }
 
 
+@dataclasses.dataclass
+class StudyResults:
+    """What the study's stages left, as the report reads it: run ids to download from, numbers."""
+
+    rows: pd.DataFrame  # the comparison's rows, one per analysed model version
+    compare_run_id: str
+    predictions_run_id: str
+    group_a: list[str]
+    group_b: list[str]
+    predictions: dict[str, float]
+    timings: dict[str, float]
+
+
+def study_rows_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """The per-model numbers the report shows, one row per model."""
+    cols = ["depth", "width", "data_fraction", "seed", c.TRAIN_ACCURACY, c.TEST_ACCURACY, *c.BLOCK_METRICS,
+            *c.EXPLANATION_METRICS]
+    return rows[[col for col in cols if col in rows]].sort_values(["data_fraction", "depth", "width", "seed"]).reset_index(drop=True)
+
+
 def _img(path: Path, width: int = 560) -> str:
     if not path.exists():
         return ""
@@ -49,66 +73,58 @@ def _label(row) -> str:
     return f"ResNet-{row.depth} w{row.width:g} · data {row.data_fraction:g} · seed {row.seed}"
 
 
-def _download(run_id: str, path: str) -> Path | None:
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
-    except mlflow.exceptions.MlflowException:
-        return None
-
-
 def cross_seed_numbers(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, Path]]]:
-    """Per pair of seeds of one architecture: mean CKA between the same layer of the two models,
-    inside model A's block and outside it (from the cross heatmaps `analyze` logged)."""
+    """Per pair of seeds of one architecture analysed together: mean CKA between the same layer of
+    the two models, inside model A's block and outside it (from the group's cross matrices)."""
     client = mlflow.MlflowClient()
     records, figures = [], []
     for (depth, width, fraction), group in rows.groupby(["depth", "width", "data_fraction"]):
         for (_, ra), (_, rb) in combinations(group.sort_values("seed").iterrows(), 2):
-            parent = client.get_run(ra.analysis_run_id).data.tags.get("mlflow.parentRunId")
-            if not parent:
+            parent = client.get_run(ra[c.ANALYSIS_RUN_ID]).data.tags.get("mlflow.parentRunId")
+            label_a, label_b = f"{ra[c.MODEL_NAME]}-v{ra[c.MODEL_VERSION]}", f"{rb[c.MODEL_NAME]}-v{rb[c.MODEL_VERSION]}"
+            cross = cross_matrix(parent, label_a, label_b) if parent else None
+            own = model_analysis(ra[c.ANALYSIS_RUN_ID])
+            if cross is None or own is None:
                 continue
-            la, lb = f"{ra.model_name}-v{ra.model_version}", f"{rb.model_name}-v{rb.model_version}"
-            found = None
-            for name in (f"cross/{la}__vs__{lb}", f"cross/{lb}__vs__{la}"):
-                found = _download(parent, name)
-                if found:
-                    break
-            summary = _download(ra.analysis_run_id, "cka/summary.json")
-            if not found or not summary:
-                continue
-            matrix = np.load(found / "cka.npy")
-            blocks = json.loads(summary.read_text())["blocks"]
-            mask = np.zeros(len(matrix), dtype=bool)
-            for b in blocks:
-                mask[b["start"] : b["end"] + 1] = True
-            diag = np.diag(matrix)
             records.append({"depth": depth, "width": width, "data_fraction": fraction, "seeds": f"{ra.seed} vs {rb.seed}",
-                            "same_layer_cka_in_block": float(diag[mask].mean()) if mask.any() else np.nan,
-                            "same_layer_cka_outside": float(diag[~mask].mean()) if (~mask).any() else np.nan})
-            figures.append((f"ResNet-{depth} w{width:g}, seeds {ra.seed} vs {rb.seed}", found / "heatmap.png"))
+                            **cross_seed_similarity(cross[0], own[1]["blocks"])})
+            figures.append((f"ResNet-{depth} w{width:g}, seeds {ra.seed} vs {rb.seed}", cross[1] / c.HEATMAP_FILE))
     return pd.DataFrame(records), figures
 
 
-def write_report(p: StudyPreset, result: dict, out: Path, run_id: str) -> Path:
-    rows: pd.DataFrame = result["rows"]
+def _copy_run_folder(run_id: str, path: str, out: Path) -> None:
+    """A logged folder of a stage's run, copied beside the page (replacing an older copy)."""
+    local = download(run_id, path)
+    shutil.rmtree(out / path, ignore_errors=True)
+    if local is not None:
+        shutil.copytree(local, out / path)
+
+
+def write_report(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -> Path:
+    """report.html under `out`, with the comparison, predictions and per-model figures beside it."""
+    rows = result.rows
     numbers = study_rows_frame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    _copy_run_folder(result.compare_run_id, c.COMPARISON_DIR, out)
+    _copy_run_folder(result.predictions_run_id, c.PREDICTIONS_DIR, out)
     per_model = {}
     figures = out / "figures"  # each model's figures beside the page, for documents that link them
     figures.mkdir(parents=True, exist_ok=True)
     for row in rows.itertuples():
-        per_model[row] = _download(row.analysis_run_id, "cka")
+        per_model[row] = download(getattr(row, c.ANALYSIS_RUN_ID), c.CKA_DIR)
         for png in (per_model[row].glob("*.png") if per_model[row] else []):
             shutil.copy(png, figures / f"resnet{row.depth}-w{row.width:g}-f{row.data_fraction:g}-s{row.seed}_{png.name}")
     cross, cross_figures = cross_seed_numbers(rows)
-    t = result["timings"]
-    pm = result["predictions"]
-    a, b = result["contrast"]
+    t = result.timings
+    pm = result.predictions
+    a, b = result.group_a, result.group_b
 
     def per_model_figures(name: str, width: int = 460) -> str:
         return "".join(f"<figure>{_img(d / name, width)}<figcaption>{html.escape(_label(r))}</figcaption></figure>"
                        for r, d in per_model.items() if d is not None and (d / name).exists())
 
     def cols(*names: str) -> pd.DataFrame:
-        return numbers[[c for c in ("depth", "width", "data_fraction", "seed", *names) if c in numbers]]
+        return numbers[[col for col in ("depth", "width", "data_fraction", "seed", *names) if col in numbers]]
 
     sections = {
         "setup": f"<p>Preset <b>{p.name}</b>: {html.escape(p.description)}.</p>"
@@ -116,7 +132,7 @@ def write_report(p: StudyPreset, result: dict, out: Path, run_id: str) -> Path:
                  f"data fractions {list(p.grid.data_fractions)}; training {html.escape(json.dumps(p.train))}; "
                  f"analysis {html.escape(json.dumps(dataclasses.asdict(p.analysis)))}.</p>"
                  f"<p>Wall time this run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()) + "</p>",
-        "training": "<p>A block structure means something only for models that fit their training set (PAPER.md): "
+        "training": "<p>A block structure means something only for models that fit their training set (Nguyen et al., 2021): "
                     "training accuracy (no augmentation) beside test accuracy.</p>"
                     + _table(cols("train_accuracy", "test_accuracy")),
         "block-structure": _table(cols("block_count", "block_largest_frac", "block_mean_cka"))

@@ -20,14 +20,14 @@ import time
 
 import torch
 
+from analysis.config import AnalysisOptions
 from analysis.data import ImageData
-from analysis.features import batch_reductions
-from analysis.model_cka import model_cka, pass_batches
-from analysis.models import ModelConfig, build_model, layer_names
-from analysis.pca import estimate_pc1
-from analysis.pipeline import AnalysisOptions, analyze_models
-from analysis.registry import LoadedModel
-from analysis.runtime import prepare_model, resolve_device
+from analysis.device import prepare_model, resolve_device
+from analysis.nets import ModelConfig, build_model, layer_names
+from analysis.science.pca import estimate_pc1
+from analysis.science.similarity import batch_reductions, model_cka, pass_batches
+from analysis.stages.analyze import analyze_models
+from analysis.store.model_files import LoadedModel
 
 
 def timed(fn):

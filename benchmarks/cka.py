@@ -29,9 +29,9 @@ import torch
 
 from analysis.cka import MinibatchCKA, gram
 from analysis.data import load_dataset
-from analysis.features import batch_reductions, tapped
-from analysis.models import ModelConfig, build_model, layer_names
-from analysis.runtime import prepare_model, resolve_device
+from analysis.device import prepare_model, resolve_device
+from analysis.nets import ModelConfig, build_model, layer_names, tapped
+from analysis.science.similarity import batch_reductions
 
 
 def sync(device: torch.device) -> None:

@@ -2,7 +2,7 @@
 
 Logs `--runs` synthetic analysed models into a fresh SQLite store through the MLflow API (a
 registered version per model, with the tags `train` sets, and an analysis run with the tags and
-block metrics `analyze` logs), then times analysis.queries.analysed_models_api and
+block metrics `analyze` logs), then times analysis.store.queries.analysed_models_api and
 analysed_models_sql (and the aggregate over seeds) side by side, checking they agree.
 
     python benchmarks/queries.py                 # 2,000 runs (~5 minutes to populate on 2 cores)
@@ -21,7 +21,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 
-from analysis import queries
+from analysis.store import queries
 
 
 def populate(n: int) -> None:

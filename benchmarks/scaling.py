@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from analysis.cka import MinibatchCKA
-from analysis.features import batch_reductions
-from analysis.models import ModelConfig, build_model, layer_names
-from analysis.runtime import autocast, prepare_model, resolve_device
+from analysis.device import autocast, prepare_model, resolve_device
+from analysis.nets import ModelConfig, build_model, layer_names
+from analysis.science.similarity import batch_reductions
 
 
 def step_seconds(config: ModelConfig, device: torch.device, steps: int) -> float:

@@ -27,9 +27,8 @@ import torch.nn.functional as F
 
 from analysis.config import TrainConfig
 from analysis.data import ImageData, to_float
-from analysis.evaluation import evaluate
-from analysis.models import build_model, decayed_parameters
-from analysis.runtime import autocast, prepare_model, resolve_device
+from analysis.device import autocast, prepare_model, resolve_device
+from analysis.nets import build_model, decayed_parameters, evaluate
 from analysis.training import train
 
 

@@ -1,4 +1,4 @@
-"""One thin module per MLproject entry point: parse, open the run, call `analysis`, log."""
+"""One thin module per MLproject entry point: parse the arguments, call one stage of analysis/stages."""
 
 import os
 

@@ -140,3 +140,14 @@ def mlflow_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", *args],
         cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600,
     )
+
+
+@pytest.fixture
+def entry_run(store, monkeypatch) -> str:
+    """What `mlflow run` does before an entry point starts: create the run and hand its id over in
+    MLFLOW_RUN_ID (the stage then resumes it). Returns the run id."""
+    from mlflow import MlflowClient
+
+    run = MlflowClient().create_run(experiment_id="0")
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    return run.info.run_id

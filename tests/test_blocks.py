@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from analysis.blocks import block_metrics, find_blocks, in_block_mask
+from analysis.science.blocks import block_metrics, find_blocks, in_block_mask, mean_off_diagonal
 
 
 def planted(n: int, blocks: list[tuple[int, int]], inside: float = 0.97, outside: float = 0.4, noise: float = 0.03, seed: int = 0):
@@ -63,3 +63,12 @@ def test_nan_matrix_is_refused():
     m[3, 4] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         find_blocks(m)
+
+
+def test_mean_off_diagonal_ignores_the_unit_diagonal_and_the_outside():
+    m = np.full((6, 6), 0.1)
+    m[1:5, 1:5] = 0.7
+    np.fill_diagonal(m, 1.0)
+    assert mean_off_diagonal(m, 1, 4) == pytest.approx(0.7)
+    found = find_blocks(m, min_frac=0.5, threshold=0.6)
+    assert [(b.start, b.end, round(b.mean_cka, 6)) for b in found] == [(1, 4, 0.7)]

@@ -16,21 +16,23 @@ import torch
 from mlflow import MlflowClient
 
 from analysis import registry
-from analysis.models import ModelConfig, build_model
+from analysis.store import lookup
 from tests.conftest import REPO, subprocess_env
+from tests.fake_store import register_model
+
+pytestmark = pytest.mark.slow  # fault injection: real subprocesses killed and raced
 
 TRAIN = ["--depth", "8", "--width", "0.25", "--epochs", "8", "--batch_size", "50", "--device", "cpu"]
 
 # Runs `train`, SIGKILLing itself right after the model version is created (before the run ends).
 KILL_AFTER_REGISTER = """
 import os, signal, sys
-from analysis import registry
-from analysis.models import ModelConfig, build_model
-real = registry.register
+from analysis.store import model_files
+real = model_files.register
 def register_then_die(*args, **kwargs):
     version = real(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
-registry.register = register_then_die
+model_files.register = register_then_die
 from entrypoints import train
 from entrypoints.common import run_main
 args = train.parse_args(sys.argv[1:])
@@ -74,7 +76,7 @@ def kill_soon(proc: subprocess.Popen, rng: random.Random) -> None:
 
 def registered_state(uri: str) -> dict[str, torch.Tensor]:
     mlflow.set_tracking_uri(uri)
-    (version,) = registry.search_versions("")
+    (version,) = lookup.search_versions("")
     return registry.load_model(f"models:/{version.name}/{version.version}").model.state_dict()
 
 
@@ -83,7 +85,6 @@ def runs(uri: str) -> list:
     return mlflow.search_runs(search_all_experiments=True, output_format="list")
 
 
-@pytest.mark.slow
 def test_train_killed_at_random_points_resumes_to_the_uninterrupted_weights(tmp_path, store_template, tiny_data, cache_root, monkeypatch):
     monkeypatch.setenv("WIDEDEEP_DATA_DIR", str(tiny_data))
     monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache_root))
@@ -116,13 +117,8 @@ def test_train_killed_at_random_points_resumes_to_the_uninterrupted_weights(tmp_
     assert not list(ckpt_dir.glob(".*.tmp")) and set(ckpt_dir.glob("*.safetensors")) == before
 
 
-@pytest.mark.slow
 def test_analyze_killed_mid_way_leaves_no_complete_looking_run_and_a_rerun_completes(store):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(8, 0.25))
-    with mlflow.start_run() as run:
-        v = registry.register(model, model.config, "cifar10-resnet8-w0.25", run.info.run_id,
-                              {"dataset": "cifar10", "seed": "0", "lineage": "x"}, {"dataset": "cifar10"})
+    v = register_model(8, 0.25)
     uri = os.environ["MLFLOW_TRACKING_URI"]
     argv = ["-m", "entrypoints.analyze", "--models", f"models:/{v.name}/{v.version}", "--num_examples", "100",
             "--batch_size", "20", "--passes", "50", "--device", "cpu", "--analyses", "cka,pc"]
@@ -153,12 +149,11 @@ def concurrent_trains(uri: str) -> None:
     client = MlflowClient()
     for r in found:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2]
-    versions = registry.search_versions("name = 'cifar10-resnet8-w0.25'")
+    versions = lookup.search_versions("name = 'cifar10-resnet8-w0.25'")
     assert sorted(v.tags["seed"] for v in versions) == ["0", "1", "2", "3"]
     assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
 
 
-@pytest.mark.slow
 def test_four_trains_at_once_on_one_sqlite_store(store):
     concurrent_trains(os.environ["MLFLOW_TRACKING_URI"])
 
@@ -189,7 +184,7 @@ def test_credentials_in_uris_never_reach_params_tags_or_output(pg_store, optuna_
     assert len(found) == 2  # the sweep and its one cell
     for r in found:
         assert not any(secret in str(v) for v in [*r.data.params.values(), *r.data.tags.values()])
-    for v in registry.search_versions(""):
+    for v in lookup.search_versions(""):
         assert not any(secret in str(t) for t in v.tags.values())
     out, err = capfd.readouterr()
     assert secret not in out and secret not in err
@@ -205,7 +200,6 @@ def test_every_server_example_binds_to_localhost():
     assert hosts and set(hosts) == {"127.0.0.1"}
 
 
-@pytest.mark.slow
 def test_study_killed_mid_way_resumes_to_a_complete_report(store):
     uri = os.environ["MLFLOW_TRACKING_URI"]
     argv = ["-m", "entrypoints.study", "--preset", "smoke", "--device", "cpu", "--storage", f"sqlite:///{store / 'optuna.db'}",
@@ -222,7 +216,7 @@ def test_study_killed_mid_way_resumes_to_a_complete_report(store):
     assert "RUNNING" not in {r.info.status for r in found}
     trained = [r for r in found if r.data.tags.get("widedeep.kind") == "train" and r.info.status == "FINISHED"]
     assert len(trained) == 4  # the two finished before the kill were not trained again
-    assert len(registry.search_versions("")) == 4
+    assert len(lookup.search_versions("")) == 4
     assert (store / "report" / "report.html").exists()
 
 
@@ -231,6 +225,6 @@ def test_a_parameter_of_the_wrong_type_fails_the_run_in_one_line(store):
 
     proc = mlflow_cli("-e", "train", "-P", "depth=abc", cwd=store)
     assert proc.returncode != 0
-    assert "argument --depth: invalid int value: 'abc'" in proc.stderr
+    assert "argument --depth: invalid integer value: 'abc'" in proc.stderr
     (run,) = runs(os.environ["MLFLOW_TRACKING_URI"])
-    assert run.info.status == "FAILED" and registry.search_versions("") == []
+    assert run.info.status == "FAILED" and lookup.search_versions("") == []

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from analysis.predictions import agreement_matrix, compare_groups, per_class_accuracy
+from analysis.science.predictions import agreement_matrix, compare_groups, per_class_accuracy
 
 
 def test_agreement_by_hand():
@@ -67,40 +67,3 @@ def test_groups_of_one_model_are_refused():
     labels = np.zeros(10, dtype=int)
     with pytest.raises(ValueError, match="at least 2 models"):
         compare_groups(labels[None], np.stack([labels, labels]), labels, 2)
-
-
-def test_predictions_entry_point_end_to_end_with_cached_logits(store):
-    import mlflow
-    import torch
-    from mlflow import MlflowClient
-
-    from analysis import registry
-    from analysis.models import ModelConfig, build_model
-    from entrypoints import predictions as pred_entry
-    from entrypoints.common import run_main
-
-    for width, seeds in ((0.25, (0, 1)), (0.5, (0, 1))):
-        for seed in seeds:
-            torch.manual_seed(seed)
-            model = build_model(ModelConfig(8, width))
-            with mlflow.start_run() as run:
-                registry.register(model, model.config, registry.registered_name("cifar10", 8, width), run.info.run_id,
-                                  {"dataset": "cifar10", "seed": str(seed), "lineage": f"{width}{seed}"}, {"dataset": "cifar10"})
-    argv = ["--group_a", "name='cifar10-resnet8-w0.25'", "--group_b", "name='cifar10-resnet8-w0.5'", "--device", "cpu"]
-    assert run_main(lambda: pred_entry.main(pred_entry.parse_args(argv))) == 0
-    client = MlflowClient()
-    first = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'predictions'", output_format="list")
-    assert len(first) == 1
-    files = {f.path for f in client.list_artifacts(first[0].info.run_id, "predictions")}
-    assert {"predictions/per_class.csv", "predictions/per_example.png", "predictions/per_class.png", "predictions/agreement.png"} <= files
-    assert len(client.list_artifacts(first[0].info.run_id, "logits")) == 4
-    assert {"cross_vs_within_disagreement", "n_significant_classes", "disagreement_p_value"} <= set(first[0].data.metrics)
-    tag = client.get_model_version("cifar10-resnet8-w0.5", "1").tags["test_logits"]
-    assert tag.startswith(f"runs:/{first[0].info.run_id}/logits/")
-
-    # A second comparison reuses every model's logits: it logs none of its own.
-    assert run_main(lambda: pred_entry.main(pred_entry.parse_args(argv))) == 0
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'predictions'", output_format="list")
-    second = next(r for r in runs if r.info.run_id != first[0].info.run_id)
-    assert client.list_artifacts(second.info.run_id, "logits") == []
-    assert second.data.metrics["cross_disagreement"] == first[0].data.metrics["cross_disagreement"]

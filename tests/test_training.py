@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from analysis import checkpoints
+from analysis.training import checkpoints
 from analysis.config import TrainConfig
 from analysis.data import load_dataset
-from analysis.models import ModelConfig
+from analysis.nets import ModelConfig
 from analysis.training import cosine_lr, train, use_channels_last
 
 TINY = dict(depth=8, width=0.25, epochs=3, batch_size=50, device="cpu")
@@ -95,7 +95,7 @@ def test_eval_every_skips_test_passes_but_always_scores_the_last_epoch(data):
 
 
 def test_channels_last_gives_the_same_logits_within_float_tolerance(data):
-    from analysis.evaluation import predict_logits
+    from analysis.nets import predict_logits
 
     narrow = {**TINY, "width": 0.5, "epochs": 1}  # 8 channels: channels_last is used on the CPU
     assert use_channels_last(True, ModelConfig(depth=8, width=0.5), torch.device("cpu"))

@@ -1,0 +1,177 @@
+"""Where datasets come from: ImageFolder trees, torchvision's CIFAR, and the decode cache.
+
+Images are decoded once into uint8 (N, 3, H, W) tensors and cached as safetensors under the
+cache directory (never in the data folder, which may be read-only).
+
+Where data comes from (`dataset`, `data_dir`):
+- cifar10 / cifar100: if `data_dir` holds an ImageFolder copy (train/<class>/*, test/<class>/*)
+  it is read as is; otherwise torchvision's release is read from `data_dir`, downloading it
+  there when online.
+- imagefolder: any root with train/ and test/ (or val/) folders of class subfolders; images are
+  resized to a common size only if they differ (first image's size wins).
+`data_dir` defaults to $WIDEDEEP_DATA_DIR, then to <cache>/data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .tensors import ImageData
+
+DATASETS = ("cifar10", "cifar100", "imagefolder")
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+DATA_DIR_ENV = "WIDEDEEP_DATA_DIR"
+CACHE_DIR_ENV = "WIDEDEEP_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where decoded data and training checkpoints go: $WIDEDEEP_CACHE_DIR or ~/.cache/widedeep."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "widedeep")
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or cache_dir() / "data")
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
+    """Read a dataset as uint8 tensors on the CPU, through the decode cache."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset={name!r} is unknown; use one of {', '.join(DATASETS)}")
+    root = Path(data_dir) if data_dir else default_data_dir()
+    if name == "imagefolder" or is_image_folder(root):
+        return _load_image_folder(name, root)
+    return _load_torchvision(name, root)
+
+
+def is_image_folder(root: Path) -> bool:
+    return (root / "train").is_dir() and _split_dir(root, "test") is not None
+
+
+def _split_dir(root: Path, split: str) -> Path | None:
+    candidates = ["train"] if split == "train" else ["test", "val"]
+    for c in candidates:
+        if (root / c).is_dir():
+            return root / c
+    return None
+
+
+def _load_image_folder(name: str, root: Path) -> ImageData:
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_dir={str(root)!r} does not exist; set {DATA_DIR_ENV} or data_dir to a dataset root")
+    if not is_image_folder(root):
+        raise FileNotFoundError(
+            f"data_dir={str(root)!r} has no train/ and test/ (or val/) class folders; point data_dir at such a root"
+        )
+    splits = {s: _list_images(_split_dir(root, s)) for s in ("train", "test")}
+    classes = tuple(sorted({c for files in splits.values() for c, _ in files}))
+    if name == "cifar10" and classes != CIFAR10_CLASSES:
+        raise ValueError(f"data_dir={str(root)!r} has classes {classes}, not CIFAR-10's {CIFAR10_CLASSES}")
+    if name == "cifar100" and len(classes) != 100:
+        raise ValueError(f"data_dir={str(root)!r} has {len(classes)} classes, not CIFAR-100's 100")
+
+    listing = json.dumps({s: [(c, str(p.relative_to(root)), p.stat().st_size) for c, p in f] for s, f in splits.items()})
+    key = hashlib.sha256(f"{name}|{root.resolve()}|{listing}".encode()).hexdigest()[:16]
+
+    def decode() -> dict[str, torch.Tensor]:
+        out = {}
+        for split, files in splits.items():
+            x, y = _decode_files(files, classes)
+            out[f"{split}_x"], out[f"{split}_y"] = x, y
+        return out
+
+    return _from_cache(name, key, classes, decode)
+
+
+def _list_images(split_root: Path) -> list[tuple[str, Path]]:
+    files = [
+        (class_dir.name, p)
+        for class_dir in sorted(d for d in split_root.iterdir() if d.is_dir())
+        for p in sorted(class_dir.iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise FileNotFoundError(f"{split_root} holds no images in class subfolders")
+    return files
+
+
+def _decode_files(files: list[tuple[str, Path]], classes: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+    from PIL import Image
+
+    def decode(path: Path) -> torch.Tensor:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+    index = {c: i for i, c in enumerate(classes)}
+    images = [decode(p) for _, p in files]
+    size = images[0].shape[1:]
+    images = [im if im.shape[1:] == size else _resize(im, size) for im in images]
+    labels = torch.tensor([index[c] for c, _ in files], dtype=torch.int64)
+    return torch.stack(images), labels
+
+
+def _resize(image: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    out = F.interpolate(image[None].float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def _load_torchvision(name: str, root: Path) -> ImageData:
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    key = hashlib.sha256(f"{name}|{root.resolve()}|torchvision".encode()).hexdigest()[:16]
+
+    def decode() -> dict[str, torch.Tensor]:
+        out = {}
+        for split, train in (("train", True), ("test", False)):
+            try:
+                ds = cls(str(root), train=train, download=True)
+            except Exception as err:  # URLError, socket errors, read-only root, ...
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise FileNotFoundError(
+                    f"{name} is not under data_dir={str(root)!r} and could not be downloaded ({reason}); "
+                    f"set {DATA_DIR_ENV} or -P data_dir to a local copy (torchvision's files or an ImageFolder with train/ and test/)"
+                ) from None
+            out[f"{split}_x"] = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+            out[f"{split}_y"] = torch.tensor(ds.targets, dtype=torch.int64)
+        out["classes"] = ds.classes
+        return out
+
+    return _from_cache(name, key, None, decode)
+
+
+def _from_cache(name: str, key: str, classes: tuple[str, ...] | None, decode) -> ImageData:
+    from safetensors.torch import load_file, save_file
+
+    path = cache_dir() / "datasets" / f"{name}-{key}.safetensors"
+    if path.exists():
+        with open(path.with_suffix(".json")) as f:
+            classes = tuple(json.load(f)["classes"])
+        tensors = load_file(str(path))
+    else:
+        tensors = decode()
+        classes = tuple(tensors.pop("classes", classes))
+        # Write then rename, classes first: a reader never sees tensors without their classes.
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump({"classes": list(classes)}, f)
+            os.replace(tmp, path.with_suffix(".json"))
+            save_file(tensors, str(tmp))
+            os.replace(tmp, path)
+        except OSError as err:
+            raise PermissionError(
+                f"cannot write the decoded-data cache under {path.parent} ({err.strerror or err}); "
+                f"set {CACHE_DIR_ENV} to a writable folder"
+            ) from None
+    return ImageData(name=name, classes=classes, **tensors)

@@ -1,0 +1,36 @@
+"""Device selection and the numeric settings that follow from it."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+__all__ = ["resolve_device", "autocast", "prepare_model"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is an error, not a silent fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but no CUDA GPU is visible; use device=auto or device=cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is not one of auto, cpu, cuda")
+    return torch.device(device)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full precision on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return model

@@ -1,0 +1,94 @@
+"""Running a network over uint8 images in batches, with layers reached by name.
+
+This is the one forward-pass loop of the project: CKA, PC1, probes, deletion and evaluation all
+call `stream`. Each forward hook hands a layer's output to a reduction (a Gram for CKA, a
+projection for PCA, X^T X for a probe) and only that reduction's result is kept, so memory stays
+O(layers x what the reductions keep), never a layer's activations over the data set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import to_float
+from ..device import autocast
+
+__all__ = ["tapped", "stream", "predict_logits", "evaluate"]
+
+OnOutput = Callable[[int, torch.Tensor, slice], None]
+
+
+@contextlib.contextmanager
+def tapped(model: torch.nn.Module, names: Sequence[str], on_output: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+    """While open, every forward pass calls on_output(i, output) for layer names[i]. Whatever
+    on_output returns is dropped: the layer's output passes on unchanged."""
+
+    def hook_for(i: int):
+        def hook(_module, _inputs, output) -> None:
+            on_output(i, output)
+
+        return hook
+
+    handles = []
+    try:
+        for i, name in enumerate(names):
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"layer {name!r} is not in the model") from None
+            handles.append(module.register_forward_hook(hook_for(i)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.inference_mode()
+def stream(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    names: Sequence[str] = (),
+    on_output: OnOutput | None = None,
+    batch_size: int = 1000,
+    desc: str = "",
+    progress: bool | None = False,
+) -> torch.Tensor:
+    """One pass of `model` (BN in inference mode) over uint8 `images` in batches; for every layer
+    in `names`, on_output(i, output, rows) with `rows` the batch's slice of `images`. Returns the
+    float32 logits (N, classes) on the model's device. `progress=None` shows a bar on a terminal."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows = [slice(0)]
+    hooks = tapped(model, names, lambda i, out: on_output(i, out, rows[0])) if names else contextlib.nullcontext()
+    logits = []
+    try:
+        with hooks, autocast(device):
+            starts = range(0, len(images), batch_size)
+            for s in tqdm(starts, desc=desc, disable=None if progress is None else not progress, leave=False):
+                rows[0] = slice(s, s + batch_size)
+                x = to_float(images[rows[0]].to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+                logits.append(model(x).float())
+    finally:
+        model.train(was_training)
+    return torch.cat(logits)
+
+
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """float32 logits (N, classes) on the model's device; BN in inference mode."""
+    return stream(model, images, batch_size=batch_size)
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over the whole set."""
+    logits = predict_logits(model, images, batch_size)
+    labels = labels.to(logits.device)
+    return {
+        "loss": F.cross_entropy(logits, labels).item(),
+        "accuracy": (logits.argmax(1) == labels).float().mean().item(),
+    }

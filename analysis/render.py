@@ -1,0 +1,131 @@
+"""Files that runs log: similarity matrices as .npy and labelled CSV, heatmaps and curves as PNG,
+JSON summaries; one model's analysis and the comparison across models, written to a folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import plots
+from .science.blocks import in_block_mask, layers_in_blocks
+from .science.explain import ModelReport
+from .science.predictions import GroupComparison
+from .store import contract as c
+
+__all__ = ["write_matrix", "write_heatmap", "write_json", "write_model_report", "write_comparison", "write_predictions"]
+
+
+def write_matrix(directory: Path, stem: str, matrix: np.ndarray, names_y: Sequence[str], names_x: Sequence[str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / f"{stem}.npy", matrix)
+    pd.DataFrame(matrix, index=list(names_y), columns=list(names_x)).to_csv(directory / f"{stem}.csv")
+
+
+def write_heatmap(directory: Path, stem: str, matrix: np.ndarray, names_y: Sequence[str], names_x: Sequence[str] | None = None,
+                  title: str = "", subtitle: str = "", blocks: Sequence[tuple[int, int]] = ()) -> None:
+    _save(plots.heatmap(matrix, names_y, names_x, title=title, subtitle=subtitle, blocks=blocks), directory / f"{stem}.png")
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=float)
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path)
+    plots.close(fig)
+
+
+def write_model_report(directory: Path, report: ModelReport, train_accuracy: str, summary: dict) -> None:
+    """Every file of one model's analysis under `directory`: matrices, heatmaps, PC1, probe and
+    deletion curves, and summary.json (`summary` plus what the report holds)."""
+    names, label = report.names, report.label
+    spans = [(b.start, b.end) for b in report.blocks]
+    accuracy = report.metrics[c.ANALYSIS_ACCURACY]
+    subtitle = f"test acc {accuracy:.3f} · train acc {train_accuracy} · {len(report.blocks)} block(s)"
+    if report.metrics.get(c.FITS_TRAINING_SET_METRIC) == 0:
+        subtitle += " · UNDER-TRAINED"
+    write_matrix(directory, "cka", report.cka, names, names)
+    write_heatmap(directory, "heatmap", report.cka, names, title=label, subtitle=subtitle, blocks=spans)
+    summary = {**summary, "layer_names": names, "metrics": report.metrics, "blocks": [b.as_dict() for b in report.blocks]}
+    in_block = in_block_mask(report.blocks, len(names))
+    if report.pc1_share is not None:
+        write_matrix(directory, "cka_without_pc1", report.cka_without_pc1, names, names)
+        write_matrix(directory, "cka_pc1_only", report.cka_pc1_only, names, names)
+        _save(plots.heatmap_pair(report.cka, report.cka_without_pc1, names, ("CKA", "CKA with each layer's PC1 removed"),
+                                 f"{label}: {subtitle}", blocks=spans), directory / "heatmap_without_pc1.png")
+        _save(plots.curves(names, {"PC1 share of variance": report.pc1_share}, in_block, "share of variance",
+                           f"{label}: first principal component per layer"), directory / "pc1_share.png")
+        summary["pc1_share"] = dict(zip(names, report.pc1_share.tolist()))
+        summary["pc1_residual_max"] = float(np.max(report.pc1_residual))
+    if report.probe_accuracy:
+        outputs = [n for n in report.probe_names if n.endswith(".relu")]
+        series = {}
+        for train_set, acc in report.probe_accuracy.items():
+            by_layer = dict(zip(report.probe_names, acc))
+            series[f"block output ({train_set} train)"] = [by_layer[o] for o in outputs]
+            series[f"BN before add ({train_set} train)"] = [by_layer[o.replace(".relu", ".bn2")] for o in outputs]
+        _save(plots.curves([o.removesuffix(".relu") for o in outputs], series, layers_in_blocks(report.blocks, names, outputs),
+                           "test accuracy", f"{label}: linear probes (pool {summary.get('probe_pool', 2)}x)",
+                           hline=(accuracy, "model")), directory / "probes.png")
+        summary["probe_accuracy"] = {k: dict(zip(report.probe_names, v.tolist())) for k, v in report.probe_accuracy.items()}
+    if report.deletion is not None:
+        deleted = list(report.deletion)
+        mask = layers_in_blocks(report.blocks, names, [f"{b}.relu" for b in deleted])
+        _save(plots.curves(deleted, {"accuracy with the block deleted": list(report.deletion.values())}, mask,
+                           "test accuracy", f"{label}: deleting one residual block at a time",
+                           hline=(accuracy, "intact model")), directory / "deletion.png")
+        summary["deletion_accuracy"] = report.deletion
+    write_json(directory / c.SUMMARY_FILE, summary)
+
+
+def write_comparison(rows: pd.DataFrame, table: pd.DataFrame, cells: dict[float, dict], out: Path) -> None:
+    """models.csv, table.csv/.md (aggregated over seeds), block_vs_width/depth.png and one heatmap
+    grid per data fraction (rows depth, columns width; `cells[fraction]` from results.heatmap_cells)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(out / "models.csv", index=False)
+    table.to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
+    complete = table[table["seeds"] > 0]
+    if not complete.empty:
+        for x, panel in (("width", "depth"), ("depth", "width")):
+            _save(plots.trend(complete, x, panel, "block_largest_frac", f"largest block (share of layers) against {x}"),
+                  out / f"block_vs_{x}.png")
+    for fraction, found in cells.items():
+        if found:
+            group = rows[np.isclose(rows["data_fraction"], fraction)]
+            _save(plots.heatmap_grid(found, sorted(group["depth"].unique()), sorted(group["width"].unique()),
+                                     f"CKA heatmaps, data fraction {fraction:g} (lowest seed per cell)"),
+                  out / f"heatmaps_fraction_{fraction:g}.png")
+
+
+def write_predictions(result: GroupComparison, a: Sequence[str], b: Sequence[str], classes: Sequence[str], labels: np.ndarray,
+                      out: Path) -> None:
+    """accuracy, agreement, per-class and per-example tables and their figures for groups A and B."""
+    out.mkdir(parents=True, exist_ok=True)
+    labels_ab = [f"A:{u.removeprefix('models:/')}" for u in a] + [f"B:{u.removeprefix('models:/')}" for u in b]
+    pd.DataFrame({"model": labels_ab, "accuracy": result.accuracy}).to_csv(out / "accuracy.csv", index=False)
+    pd.DataFrame(result.agreement, index=labels_ab, columns=labels_ab).to_csv(out / "agreement.csv")
+    pd.DataFrame({
+        "class": list(classes), "accuracy_a": result.class_accuracy[: len(a)].mean(0),
+        "accuracy_b": result.class_accuracy[len(a):].mean(0), "difference_b_minus_a": result.class_difference,
+        "ci_low": result.class_ci[:, 0], "ci_high": result.class_ci[:, 1], "hedges_g": result.class_effect_size,
+        "p_value": result.class_p_value, "q_value_bh": result.class_q_value,
+    }).to_csv(out / "per_class.csv", index=False)
+    pd.DataFrame({"label": labels, "accuracy_a": result.example_accuracy_a,
+                  "accuracy_b": result.example_accuracy_b}).to_csv(out / "per_example.csv", index_label="example")
+    figures = {
+        "per_example.png": plots.example_accuracy_map(result.example_accuracy_a, result.example_accuracy_b, len(a), len(b),
+                                                      "group A", "group B"),
+        "per_class.png": plots.class_differences(list(classes), result.class_difference, result.class_ci,
+                                                 list(result.significant_classes),
+                                                 f"per-class accuracy, B - A ({1 - result.alpha:.0%} CI; * BH q < {result.alpha})"),
+        "agreement.png": plots.agreement_heatmap(result.agreement, labels_ab, len(a)),
+    }
+    for name, fig in figures.items():
+        _save(fig, out / name)

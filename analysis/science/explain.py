@@ -1,0 +1,123 @@
+"""The paper's explanation of the block structure, as numbers: what one model's analyses found,
+and the metrics that test each claim against its blocks (Nguyen, Raghu & Kornblith, 2021, §4-5).
+
+- Inside a block the first principal component carries most of the variance (pc1_share_*), and
+  removing it breaks the block (block_mean_cka_without_pc1).
+- Linear probes barely improve across the block (probe_gain_in_block).
+- Deleting a residual block inside the block costs little accuracy (deletion_drop_*).
+- The block differs between seeds while the rest agrees (cross_seed_similarity).
+A block means something only in a model that fits its training set (fit_to_training_set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from ..config import FITS_TRAINING_SET
+from ..data import indices_hash, subset_indices
+from .blocks import Block, block_metrics, in_block_mask, layers_in_blocks, mean_off_diagonal
+
+__all__ = ["ModelReport", "explanation_metrics", "fit_to_training_set", "probe_training_indices",
+           "cross_seed_similarity", "base_metrics"]
+
+
+@dataclasses.dataclass
+class ModelReport:
+    """What the analyses found for one model (arrays indexed like `names`)."""
+
+    label: str
+    names: list[str]
+    cka: np.ndarray
+    blocks: list[Block]
+    metrics: dict[str, float]
+    cka_without_pc1: np.ndarray | None = None
+    cka_pc1_only: np.ndarray | None = None
+    pc1_share: np.ndarray | None = None
+    pc1_residual: np.ndarray | None = None
+    probe_names: list[str] | None = None
+    probe_accuracy: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # train set -> per probe layer
+    deletion: dict[str, float] | None = None  # block -> accuracy with it deleted
+
+    @property
+    def largest(self) -> Block | None:
+        return max(self.blocks, key=lambda b: b.length, default=None)
+
+
+def base_metrics(blocks: list[Block], num_layers: int, accuracy: float) -> dict[str, float]:
+    """Block metrics plus the model's accuracy on the analysed examples."""
+    return {**block_metrics(blocks, num_layers), "analysis_test_accuracy": accuracy}
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def explanation_metrics(report: ModelReport) -> dict[str, float]:
+    """The numbers that test the paper's explanation of the block (undefined ones are dropped)."""
+    names, found, largest = report.names, report.blocks, report.largest
+    out: dict[str, float | None] = {}
+    if report.pc1_share is not None:
+        mask = in_block_mask(found, len(names))
+        out["pc1_share_in_block"] = _mean(report.pc1_share[mask])
+        out["pc1_share_outside"] = _mean(report.pc1_share[~mask])
+        if largest:
+            out["block_mean_cka_without_pc1"] = mean_off_diagonal(report.cka_without_pc1, largest.start, largest.end)
+    if report.probe_accuracy and largest:
+        acc = dict(zip(report.probe_names, next(iter(report.probe_accuracy.values()))))
+        inside = [n for n in report.probe_names if n.endswith(".relu") and n in names[largest.start : largest.end + 1]]
+        if len(inside) >= 2:
+            out["probe_gain_in_block"] = acc[inside[-1]] - acc[inside[0]]
+    if report.deletion is not None:
+        base = report.metrics["analysis_test_accuracy"]
+        drops = np.array([base - a for a in report.deletion.values()])
+        mask = layers_in_blocks(found, names, [f"{b}.relu" for b in report.deletion])
+        out["deletion_drop_in_block"] = _mean(drops[mask])
+        out["deletion_drop_outside"] = _mean(drops[~mask])
+    return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def fit_to_training_set(train_accuracy: float | None, label: str) -> float | None:
+    """1.0 if the model fits its training set (clean accuracy >= FITS_TRAINING_SET), 0.0 if not
+    (with a warning that names it), None when no training accuracy is known."""
+    if train_accuracy is None:
+        return None
+    if train_accuracy >= FITS_TRAINING_SET:
+        return 1.0
+    warnings.warn(
+        f"{label} fits only {train_accuracy:.1%} of its training set (under {FITS_TRAINING_SET:.0%}): an under-trained "
+        "ResNet looks like one big block, so its block metrics mean little; train it longer or with a lower lr",
+        stacklevel=2,
+    )
+    return 0.0
+
+
+def probe_training_indices(train_labels: torch.Tensor, which: str, fraction: float, subset_seed: int,
+                           expected_hash: str | None, limit: int, what: str) -> torch.Tensor:
+    """Indices of the probes' training examples: the model's own training subset ('subset') or the
+    whole training set ('full'), thinned to at most `limit` (0: no limit) by a fixed stride so
+    every class stays represented. A subset whose hash differs from the one recorded at training
+    time is refused, naming `what` (the model)."""
+    if which == "full":
+        index = torch.arange(len(train_labels))
+    else:
+        index = subset_indices(train_labels, fraction, subset_seed)
+        if expected_hash and indices_hash(index) != expected_hash:
+            raise ValueError(f"{what}: its training subset ({expected_hash}) is not in this copy of the data; "
+                             "point data_dir at the data it was trained on, or use probe_train=full")
+    if limit > 0 and len(index) > limit:
+        index = index[:: math.ceil(len(index) / limit)]
+    return index
+
+
+def cross_seed_similarity(cross: np.ndarray, blocks_a: list) -> dict[str, float]:
+    """Mean CKA between the same layer of two seeds (the diagonal of their cross matrix), inside
+    model A's blocks and outside them; NaN where a side is empty."""
+    diag = np.diag(cross)
+    mask = in_block_mask(blocks_a, len(diag))
+    return {"same_layer_cka_in_block": float(diag[mask].mean()) if mask.any() else np.nan,
+            "same_layer_cka_outside": float(diag[~mask].mean()) if (~mask).any() else np.nan}

@@ -1,0 +1,136 @@
+"""Layer-by-layer CKA of one or more models over a dataset, on the same batches for all.
+
+The paper's protocol: the test images, batches of 256, 10 passes each reshuffled, BN in
+inference mode. Every model sees the same batches, and the Grams of all layers of all models
+go into one MinibatchCKA, so each batch costs one product of the stacked U-centred Grams; each
+model's own heatmap and each cross-model heatmap are blocks of that joint matrix.
+With PC1 directions (pca.estimate_pc1), the same forward pass also feeds CKA with each layer's
+PC1 removed (Grams K - q q^T) and CKA of the PC1 projections alone (Grams q q^T).
+A pass drops its last partial batch (unless it is the only one), so every batch has equal
+weight and size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..nets import stream
+from .cka import MIN_BATCH, MinibatchCKA, centred
+
+__all__ = ["VARIANTS", "ModelCKA", "pass_batches", "batch_reductions", "model_cka"]
+
+VARIANTS = ("cka", "without_pc1", "pc1_only")
+
+
+@dataclasses.dataclass
+class ModelCKA:
+    names: list[list[str]]  # layer names per model
+    joint: dict[str, np.ndarray]  # variant -> CKA over the concatenated layers of all models
+    accuracy: list[float]  # accuracy of each model on the examples analysed
+    batches: int
+    num_examples: int
+
+    def _span(self, i: int) -> slice:
+        offsets = np.cumsum([0] + [len(n) for n in self.names])
+        return slice(offsets[i], offsets[i + 1])
+
+    def within(self, i: int, variant: str = "cka") -> np.ndarray:
+        return self.joint[variant][self._span(i), self._span(i)]
+
+    def cross(self, i: int, j: int, variant: str = "cka") -> np.ndarray:
+        return self.joint[variant][self._span(i), self._span(j)]
+
+
+def pass_batches(num_examples: int, batch_size: int, passes: int, seed: int) -> list[torch.Tensor]:
+    """Index batches for `passes` reshuffled passes over the examples."""
+    if batch_size < MIN_BATCH:
+        raise ValueError(f"batch_size={batch_size} is too small for unbiased HSIC; use >= {MIN_BATCH} (the paper: 256)")
+    if num_examples < MIN_BATCH:
+        raise ValueError(f"num_examples={num_examples} is too small for unbiased HSIC; use >= {MIN_BATCH}")
+    if passes < 1:
+        raise ValueError(f"passes={passes} must be >= 1 (the paper: 10)")
+    size = min(batch_size, num_examples)
+    out = []
+    for p in range(passes):
+        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 7919 + p))
+        out += list(order[: num_examples - num_examples % size].split(size))
+    return out
+
+
+def batch_reductions(
+    model: torch.nn.Module,
+    names: Sequence[str],
+    images: torch.Tensor,
+    directions: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One forward pass over a batch of uint8 images, reduced per layer as it runs.
+
+    Returns (Grams (L, n, n) float64 of the batch-centred activations; with `directions`, the
+    projections (L, n) of those activations on each layer's unit direction, else None; logits).
+    """
+    device = next(model.parameters()).device
+    n = len(images)
+    grams = torch.empty(len(names), n, n, dtype=torch.float64, device=device)
+    projections = None if directions is None else torch.empty(len(names), n, dtype=torch.float64, device=device)
+
+    def reduce(i: int, out: torch.Tensor, _rows: slice) -> None:
+        x = centred(out)
+        grams[i] = x @ x.T
+        if projections is not None:
+            projections[i] = x @ directions[i]
+
+    logits = stream(model, images, names, reduce, batch_size=n)
+    return grams, projections, logits
+
+
+def model_cka(
+    models: Sequence[torch.nn.Module],
+    layer_names: Sequence[Sequence[str]],
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int = 256,
+    passes: int = 10,
+    seed: int = 0,
+    model_labels: Sequence[str] | None = None,
+    directions: Sequence[Sequence[torch.Tensor]] | None = None,
+    progress: bool | None = None,
+) -> ModelCKA:
+    """CKA within and across `models` (each already on its device) over uint8 `images`.
+    `directions[m][l]`: PC1 of model m's layer l, to also compute the PC1 variants."""
+    model_labels = model_labels or [f"model{m}" for m in range(len(models))]
+    flat = [f"{label}:{n}" for label, names in zip(model_labels, layer_names) for n in names]
+    variants = VARIANTS if directions is not None else VARIANTS[:1]
+    accumulators = {v: MinibatchCKA(flat) for v in variants}
+    correct = [0] * len(models)
+    batches = pass_batches(len(images), batch_size, passes, seed)
+    per_pass = len(batches) // passes
+    for k, index in enumerate(tqdm(batches, desc="CKA batches", disable=None if progress is None else not progress)):
+        grams, projections = [], []
+        for m, (model, names) in enumerate(zip(models, layer_names)):
+            g, q, logits = batch_reductions(model, names, images[index], None if directions is None else directions[m])
+            device = grams[0].device if grams else g.device
+            grams.append(g.to(device))
+            if q is not None:
+                projections.append(q.to(device))
+            if k < per_pass:  # accuracy over the first pass, which sees each example at most once
+                correct[m] += int((logits.argmax(1).cpu() == targets[index]).sum())
+        grams = torch.cat(grams)
+        accumulators["cka"].update_grams(grams)
+        if directions is not None:
+            q = torch.cat(projections)
+            pc1_only = q[:, :, None] * q[:, None, :]
+            accumulators["without_pc1"].update_grams(grams - pc1_only)
+            accumulators["pc1_only"].update_grams(pc1_only)
+    first_pass = sum(len(b) for b in batches[:per_pass])
+    return ModelCKA(
+        names=[list(n) for n in layer_names],
+        joint={v: acc.compute() for v, acc in accumulators.items()},
+        accuracy=[c / first_pass for c in correct],
+        batches=len(batches),
+        num_examples=len(images),
+    )

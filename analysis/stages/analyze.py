@@ -1,0 +1,168 @@
+"""The analyze stage: every analysis of a list of registered models, in one run.
+
+Order, and what shares a forward pass:
+1. pc: PC1 per layer of each model (pca.estimate_pc1: `pc_iterations` passes over the examples).
+2. cka: the paper's reshuffled passes; each batch's single forward pass per model yields the
+   Grams for CKA and, with pc, the PC1 projections for CKA without PC1 and of PC1 alone.
+3. probes: one pass over the probe training examples, one over the analysed test examples.
+4. deletion: one pass over the analysed test examples per deletable block.
+
+Logging: one model is logged on the stage's run itself; several get one child run each (named
+after the model) under it, and the stage's run holds the cross-model matrices. Each model version
+is tagged with its metrics and the run that holds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from itertools import combinations
+from pathlib import Path
+from typing import Sequence
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+
+from ..config import AnalysisOptions
+from ..data import ImageData, load_dataset
+from ..device import resolve_device
+from ..nets import layer_names
+from ..render import write_heatmap, write_matrix, write_model_report
+from ..science.blocks import find_blocks
+from ..science.deletion import deletion_accuracy
+from ..science.explain import ModelReport, base_metrics, explanation_metrics, fit_to_training_set, probe_training_indices
+from ..science.pca import estimate_pc1
+from ..science.probes import fit_probes, probe_accuracy, probe_layers
+from ..science.similarity import ModelCKA, model_cka
+from ..store import contract as c
+from ..store.lookup import tag_value
+from ..store.model_files import LoadedModel, load_model
+from ..store.tracking import stage_run
+
+__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "check_dataset"]
+
+
+@dataclasses.dataclass
+class AnalyzeOutcome:
+    run_id: str
+    reports: list[ModelReport]
+    joint: ModelCKA
+    model_run_ids: list[str]  # the run holding each model's analysis
+
+
+def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = "", data_dir: str = "",
+                  device: str = "auto", run_name: str | None = None, progress: bool | None = None) -> AnalyzeOutcome:
+    """Load the models, check they share a dataset, analyse them and log everything."""
+    params = {**dataclasses.asdict(options), "analyses": ",".join(options.analyses), "models": ",".join(uris),
+              "dataset": dataset, "data_dir": data_dir, "device": device}
+    with stage_run("analyze", run_name or f"analyze-{len(uris)}-models", params) as run:
+        loaded = [load_model(uri, resolve_device(device)) for uri in uris]
+        data = load_dataset(check_dataset(loaded, dataset), data_dir or None)
+        reports, joint = analyze_models(loaded, data, options, progress)
+        model_runs = _log(reports, loaded, joint, options, run.info.run_id)
+    return AnalyzeOutcome(run.info.run_id, reports, joint, model_runs)
+
+
+def check_dataset(loaded: Sequence[LoadedModel], requested: str = "") -> str:
+    """The one dataset all `loaded` models were trained on (and `requested`, if given)."""
+    trained_on = {m.training.get("dataset", m.tags.get("dataset")) for m in loaded}
+    if len(trained_on) > 1:
+        raise ValueError(f"the models were trained on different datasets {sorted(map(str, trained_on))}; analyse them separately")
+    dataset = trained_on.pop()
+    if requested and requested != dataset:
+        raise ValueError(f"dataset={requested!r} but the models were trained on {dataset!r}; leave dataset empty or pick matching models")
+    if {m.config.num_classes for m in loaded} != {loaded[0].config.num_classes}:
+        raise ValueError("the models have different numbers of classes; analyse them separately")
+    return dataset
+
+
+def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOptions,
+                   progress: bool | None = None) -> tuple[list[ModelReport], ModelCKA]:
+    """Run the chosen analyses on every model. Returns one report per model and the joint CKA
+    (whose cross blocks compare the models pairwise)."""
+    if data.num_classes != models[0].config.num_classes:
+        raise ValueError(f"dataset {data.name!r} has {data.num_classes} classes but the models predict {models[0].config.num_classes}")
+    n = len(data.test_x) if options.num_examples <= 0 else min(options.num_examples, len(data.test_x))
+    index = torch.sort(torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(options.seed))[:n]).values
+    images, targets = data.test_x[index], data.test_y[index]
+    names = [layer_names(m.config, options.layers) for m in models]
+
+    pcs = None
+    if "pc" in options.analyses:
+        pcs = [estimate_pc1(m.model, names[i], images, options.batch_size, options.pc_iterations, seed=options.seed,
+                            progress=progress) for i, m in enumerate(models)]
+    joint = model_cka(
+        [m.model for m in models], names, images, targets, batch_size=options.batch_size, passes=options.passes,
+        seed=options.seed, model_labels=[m.label for m in models],
+        directions=None if pcs is None else [pc.directions for pc in pcs], progress=progress,
+    )
+    reports = []
+    for i, m in enumerate(models):
+        found = find_blocks(joint.within(i), names[i])
+        report = ModelReport(label=m.label, names=names[i], cka=joint.within(i), blocks=found,
+                             metrics=base_metrics(found, len(names[i]), joint.accuracy[i]))
+        train_accuracy = m.tags.get(c.TRAIN_ACCURACY)
+        if (fit := fit_to_training_set(None if train_accuracy is None else float(train_accuracy), m.label)) is not None:
+            report.metrics[c.FITS_TRAINING_SET_METRIC] = fit
+        if pcs is not None:
+            report.cka_without_pc1 = joint.within(i, "without_pc1")
+            report.cka_pc1_only = joint.within(i, "pc1_only")
+            report.pc1_share, report.pc1_residual = pcs[i].share, pcs[i].residual
+        if "probes" in options.analyses:
+            report.probe_names = probe_layers(m.config)
+            for train_set in (("subset", "full") if options.probe_train == "both" else (options.probe_train,)):
+                index = probe_training_indices(
+                    data.train_y, train_set, float(m.training.get("data_fraction", m.tags.get("data_fraction", 1))),
+                    int(m.training.get("subset_seed", 0)), m.tags.get(c.SUBSET_HASH), options.probe_examples, m.uri)
+                probes = fit_probes(m.model, report.probe_names, data.train_x[index], data.train_y[index], data.num_classes,
+                                    pool=options.probe_pool, progress=progress)
+                report.probe_accuracy[train_set] = probe_accuracy(m.model, probes, images, targets, progress=progress)
+        if "deletion" in options.analyses:
+            report.deletion = deletion_accuracy(m.model, m.config, images, targets)
+        report.metrics.update(explanation_metrics(report))
+        reports.append(report)
+    return reports, joint
+
+
+def _log(reports: Sequence[ModelReport], loaded: Sequence[LoadedModel], joint: ModelCKA, options: AnalysisOptions,
+         run_id: str) -> list[str]:
+    """Log into the active run (one model) or one child run per model plus the cross matrices."""
+    common = {"num_examples": joint.num_examples, "batches": joint.batches, "passes": options.passes,
+              "batch_size": options.batch_size, "layers": options.layers, "analyses": list(options.analyses),
+              "probe_pool": options.probe_pool}
+    mlflow.set_tag(c.ANALYSIS_MODELS, ",".join(m.uri for m in loaded))
+    mlflow.log_param("analysed_examples", joint.num_examples)
+    run_ids = []
+    for report, m in zip(reports, loaded):
+        if len(reports) == 1:
+            _log_model(report, m, common, run_id)
+            run_ids.append(run_id)
+        else:
+            with stage_run("analyze", run_name=m.label) as child:
+                _log_model(report, m, common, child.info.run_id)
+                run_ids.append(child.info.run_id)
+    if len(reports) > 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, j in combinations(range(len(reports)), 2):
+                a, b = reports[i], reports[j]
+                out = Path(tmp) / c.cross_dir(a.label, b.label)
+                write_matrix(out, "cka", joint.cross(i, j), a.names, b.names)
+                write_heatmap(out, "heatmap", joint.cross(i, j), a.names, b.names, title=f"{a.label} (y) vs {b.label} (x)")
+            mlflow.log_artifacts(tmp)
+    return run_ids
+
+
+def _log_model(report: ModelReport, m: LoadedModel, common: dict, run_id: str) -> None:
+    mlflow.set_tags({
+        c.ANALYSIS_MODEL_URI: m.uri, c.MODEL_NAME: m.name, c.MODEL_VERSION: m.version, c.TRAIN_RUN_ID: m.run_id or "",
+        **{k: m.tags[k] for k in (*c.VERSION_CONFIG, c.TRAIN_ACCURACY) if k in m.tags},
+    })
+    mlflow.log_metrics(report.metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = {"model_uri": m.uri, "train_run_id": m.run_id, "version_tags": m.tags, **common}
+        write_model_report(Path(tmp), report, m.tags.get(c.TRAIN_ACCURACY, "?"), summary)
+        mlflow.log_artifacts(tmp, c.CKA_DIR)
+    client = MlflowClient()
+    for key, value in {**report.metrics, c.ANALYSIS_RUN_ID: run_id}.items():
+        client.set_model_version_tag(m.name, m.version, key, tag_value(value))

@@ -1,0 +1,98 @@
+"""The predictions stage: do two groups of registered models (e.g. every seed of a wide and of a
+deep architecture) make different errors, beyond the variation between seeds of one architecture?
+
+Each version's test-set logits are computed once, logged under this run's `logits/` and recorded
+on the version (tag contract.TEST_LOGITS, a runs:/ URI that resolves); later comparisons
+download them instead of running the model again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from ..data import ImageData, load_dataset
+from ..device import resolve_device
+from ..nets import predict_logits
+from ..render import write_predictions
+from ..science.predictions import compare_groups
+from ..store import contract as c
+from ..store.lookup import resolve_version, split_uris, uris_matching
+from ..store.model_files import load_model
+from ..store.tracking import stage_run
+
+__all__ = ["PredictionsOutcome", "predictions_stage", "group_uris"]
+
+
+@dataclasses.dataclass
+class PredictionsOutcome:
+    run_id: str
+    group_a: list[str]
+    group_b: list[str]
+    metrics: dict[str, float]
+
+
+def group_uris(spec: str, which: str) -> list[str]:
+    """A registry filter ("name='cifar10-resnet20-w4'") or comma-separated models:/ URIs."""
+    spec = spec.strip()
+    if not spec:
+        raise ValueError(f"{which} is empty; give a registry filter such as \"name='cifar10-resnet20-w4'\" or models:/ URIs")
+    return split_uris(spec) if spec.startswith("models:/") else uris_matching(spec, which)
+
+
+def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutations: int = 9999, device: str = "auto",
+                      data_dir: str = "", run_name: str = "predictions") -> PredictionsOutcome:
+    params = {"group_a": group_a, "group_b": group_b, "alpha": alpha, "permutations": permutations, "device": device,
+              "data_dir": data_dir}
+    with stage_run("predictions", run_name, params) as run:
+        a, b = group_uris(group_a, "group_a"), group_uris(group_b, "group_b")
+        if set(a) & set(b):
+            raise ValueError(f"groups share models {sorted(set(a) & set(b))}; the groups must be disjoint")
+        data = load_dataset(_one_dataset([*a, *b]), data_dir or None)
+        with tempfile.TemporaryDirectory() as tmp:
+            logits = [_cached_logits(u, resolve_device(device), data, run.info.run_id, Path(tmp) / c.LOGITS_DIR)
+                      for u in [*a, *b]]
+            preds = np.stack([x.argmax(1) for x in logits])
+            result = compare_groups(preds[: len(a)], preds[len(a):], data.test_y.numpy(), data.num_classes, alpha, permutations)
+            write_predictions(result, a, b, data.classes, data.test_y.numpy(), Path(tmp) / c.PREDICTIONS_DIR)
+            mlflow.log_artifacts(tmp)
+        mlflow.set_tags({c.GROUP_A: ",".join(a), c.GROUP_B: ",".join(b)})
+        metrics = {**result.metrics(), "accuracy_a_mean": float(result.accuracy[: len(a)].mean()),
+                   "accuracy_b_mean": float(result.accuracy[len(a):].mean())}
+        mlflow.log_metrics(metrics)
+    return PredictionsOutcome(run.info.run_id, a, b, metrics)
+
+
+def _one_dataset(uris: Sequence[str]) -> str:
+    datasets = {resolve_version(u).tags.get("dataset") for u in uris}
+    if len(datasets) != 1:
+        raise ValueError(f"the models were trained on different datasets {sorted(map(str, datasets))}")
+    return datasets.pop()
+
+
+def _cached_logits(uri: str, device: torch.device, data: ImageData, run_id: str, out: Path) -> np.ndarray:
+    """The version's test logits: reused from the artifact its tag points at, else computed,
+    written under `out` (logged as this run's logits/) and recorded on the version."""
+    version = resolve_version(uri)
+    artifact = version.tags.get(c.TEST_LOGITS)
+    if artifact:
+        try:
+            logits = np.load(mlflow.artifacts.download_artifacts(artifact_uri=artifact))
+            if logits.shape == (len(data.test_y), data.num_classes):
+                return logits
+        except (MlflowException, OSError, ValueError):
+            pass  # missing or unreadable: recompute
+    loaded = load_model(uri, device)
+    logits = predict_logits(loaded.model, data.test_x).cpu().numpy()
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"{loaded.label}.npy", logits)
+    MlflowClient().set_model_version_tag(version.name, version.version, c.TEST_LOGITS, c.logits_artifact(run_id, loaded.label))
+    return logits

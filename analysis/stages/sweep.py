@@ -1,0 +1,191 @@
+"""The sweep stage: the width x depth x seed x data-fraction grid, or a learning-rate search, with
+Optuna, on one machine (several worker processes) or many (same storage and study name).
+
+Grid. Optuna's GridSampler walks the grid; its sampler seed is fixed, so every worker started with
+the same storage and study name draws from the same grid and together they cover it. Each cell is
+a train stage (train.train_stage: same checkpoints, logging and registration as `train`) in a run
+nested under the worker's sweep run. Idempotent:
+- a cell whose training is already registered (same config, store and experiment) is not
+  trained again, whichever sweep or worker registered it;
+- a trial that draws a cell another worker is training is pruned; one that draws a completed
+  cell (GridSampler can hand the last points out twice) returns that cell's result.
+A dead worker's trial is failed and re-queued by the next worker (store/studies.py), and the
+re-run resumes from the dead run's last epoch checkpoint when it shares the cache dir.
+
+Search. TPE over lr and weight decay for one architecture, each trial scored on a validation
+split carved from the training subset (never the test set), with median pruning per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from typing import Callable, Sequence
+
+import mlflow
+import optuna
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from ..config import SWEEP_MAX_RETRIES, Grid, TrainConfig
+from ..data import load_dataset
+from ..store import contract as c
+from ..store.studies import open_study, redact
+from ..store.tracking import mark_dead_run, stage_run
+from ..training import train
+from .train import registered_version, train_stage
+
+__all__ = ["MODES", "WORKER_PARENT_ENV", "default_study_name", "grid_study", "run_grid", "work", "sweep_stage"]
+
+MODES = ("grid", "search", "setup")
+GRID_SAMPLER_SEED = 0  # the same in every worker, or grid points are missed
+WORKER_PARENT_ENV = "WIDEDEEP_SWEEP_PARENT"  # set in helper workers: the sweep run their cells nest under
+
+
+def default_study_name(grid: Grid, base: TrainConfig) -> str:
+    """Same grid and settings -> same name, so workers started with the same command share it."""
+    blob = json.dumps([grid.search_space(), dataclasses.asdict(base)], sort_keys=True, default=str)
+    return "sweep-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def grid_study(url: str, name: str, grid: Grid) -> optuna.Study:
+    return open_study(url, name, sampler=optuna.samplers.GridSampler(grid.search_space(), seed=GRID_SAMPLER_SEED))
+
+
+def _same_cell(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("depth", "width", "seed", "data_fraction"))
+
+
+def grid_objective(grid: Grid, base: TrainConfig, parent_run_id: str) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        cell = {k: trial.suggest_categorical(k, v) for k, v in grid.search_space().items()}
+        config = dataclasses.replace(base, **cell)
+        trials = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
+        for other in trials.values():
+            if other.number == trial.number or not _same_cell(other.params, cell):
+                continue
+            if other.state == optuna.trial.TrialState.RUNNING:
+                raise optuna.TrialPruned(f"cell {cell} is being trained by trial {other.number}")
+            if other.state == optuna.trial.TrialState.COMPLETE:
+                trial.set_user_attr("duplicate_of", other.number)
+                return other.value
+        retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[trial.number])
+        if retried is not None and "mlflow_run_id" in trials[retried].user_attrs:
+            mark_dead_run(trials[retried].user_attrs["mlflow_run_id"])
+        experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
+        done = registered_version(config, experiment_id)
+        if done is not None:
+            trial.set_user_attr("registered", c.model_uri(done.name, done.version))
+            return float(done.tags.get(c.TEST_ACCURACY, "nan"))
+        outcome = train_stage(config, parent_run_id=parent_run_id, progress=False,
+                              tags={c.SWEEP_TRIAL: str(trial.number), c.SWEEP_STUDY: trial.study.study_name},
+                              on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+        trial.set_user_attr("registered", outcome.uri)
+        return outcome.result.final["test_accuracy"]
+
+    return objective
+
+
+def run_grid(study: optuna.Study, grid: Grid, base: TrainConfig, parent_run_id: str) -> None:
+    """Take cells until the grid is covered (GridSampler stops the study then). A rerun of a
+    finished grid returns at once."""
+    done = [t.params for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    if all(any(_same_cell(d, cell) for d in done) for cell in grid.cells()):
+        return
+    study.optimize(grid_objective(grid, base, parent_run_id), n_trials=grid.size * (SWEEP_MAX_RETRIES + 2),
+                   catch=(), gc_after_trial=True)
+
+
+def search_objective(base: TrainConfig, parent_run_id: str, val_fraction: float) -> Callable[[optuna.Trial], float]:
+    """lr and weight decay for one architecture, scored on a held-out part of the training subset."""
+    data = load_dataset(base.dataset, base.data_dir or None)
+
+    def objective(trial: optuna.Trial) -> float:
+        config = dataclasses.replace(
+            base,
+            lr=trial.suggest_float("lr", 1e-3, 0.5, log=True),
+            weight_decay=trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True),
+            val_fraction=val_fraction,
+        )
+
+        def report(epoch: int, metrics: dict) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            trial.report(metrics["val_accuracy"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        pruned = None
+        with stage_run("search", f"search-{trial.number}", dataclasses.asdict(config), parent_run_id=parent_run_id):
+            mlflow.set_tag(c.SWEEP_TRIAL, str(trial.number))
+            try:
+                result = train(config, data, on_epoch=report, progress=False)
+            except optuna.TrialPruned as err:
+                mlflow.set_tag("pruned", str(err))  # a pruned trial ends FINISHED, not FAILED
+                pruned = err
+        if pruned is not None:
+            raise pruned
+        return result.final["val_accuracy"]
+
+    return objective
+
+
+def work(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, parent: str, n_trials: int,
+         val_fraction: float) -> None:
+    """One worker's share of the sweep, its cells nested under the sweep run `parent`."""
+    if mode == "grid":
+        run_grid(grid_study(url, name, grid), grid, base, parent)
+    else:
+        study = open_study(url, f"{name}-search", sampler=optuna.samplers.TPESampler(seed=None),
+                           pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+        study.optimize(search_objective(base, parent, val_fraction), n_trials=n_trials)
+
+
+def sweep_stage(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, workers: int = 1, n_trials: int = 20,
+                val_fraction: float = 0.1, params: dict | None = None, worker_command: Sequence[str] = ()) -> str:
+    """The sweep run: create the study once, start `workers - 1` helper processes running
+    `worker_command` (the same sweep command), work, wait, and count the trials. Returns its run id."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+    if workers < 1:
+        raise ValueError(f"workers={workers} must be >= 1")
+    with stage_run("sweep", f"sweep-{name}", params) as run:
+        mlflow.set_tags({c.SWEEP_STUDY: name, c.SWEEP_STORAGE: redact(url), c.SWEEP_MODE: mode,
+                         c.SWEEP_GRID_SIZE: str(grid.size)})
+        if mode in ("setup", "grid"):
+            grid_study(url, name, grid)  # created once here, before any worker starts
+        if mode == "setup":
+            print(f"study {name!r} ready in {redact(url)}; start workers with -P study={name}")
+            return run.info.run_id
+        helpers = _start_helpers(workers - 1, run.info.run_id, worker_command)
+        try:
+            work(mode, grid, base, url, name, run.info.run_id, n_trials, val_fraction)
+        finally:
+            failed = [p.args for p in helpers if p.wait() != 0]
+        if failed:
+            raise RuntimeError(f"{len(failed)} worker process(es) failed; rerun the same command to finish the grid")
+        _summarise(url, name if mode == "grid" else f"{name}-search")
+    return run.info.run_id
+
+
+def _start_helpers(count: int, parent_run_id: str, command: Sequence[str]) -> list[subprocess.Popen]:
+    """count more worker processes of the same command, sharing the cores between all."""
+    if count == 0:
+        return []
+    threads = max(1, (os.cpu_count() or 1) // (count + 1))
+    torch.set_num_threads(threads)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    env.update({WORKER_PARENT_ENV: parent_run_id, "OMP_NUM_THREADS": str(threads)})
+    return [subprocess.Popen([sys.executable, *command], env=env) for _ in range(count)]
+
+
+def _summarise(url: str, name: str) -> None:
+    study = optuna.load_study(study_name=name, storage=url)
+    states = [t.state.name for t in study.trials]
+    counts = {s: states.count(s) for s in sorted(set(states))}
+    mlflow.log_metrics({f"trials_{s.lower()}": float(n) for s, n in counts.items()})
+    print(f"study {name}: {counts}")
+

@@ -1,0 +1,121 @@
+"""The train stage: one training as an MLflow run that resumes or starts, logs every epoch and
+registers the result. `train` (one model), `sweep` (one model per grid cell) and `study` all go
+through `train_stage`, so they checkpoint, resume, log and register in exactly the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import uuid
+from typing import Callable
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+
+from ..config import TrainConfig
+from ..data import load_dataset
+from ..store import contract as c
+from ..store.lookup import find_versions, registered_name, tag_value
+from ..store import model_files
+from ..store.tracking import log_params_once, mark_dead_run, stage_run
+from ..training import TrainResult, train
+from ..training import checkpoints
+
+__all__ = ["TrainOutcome", "train_stage", "registered_version", "cell_label"]
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    run_id: str
+    result: TrainResult
+    version: ModelVersion
+
+    @property
+    def uri(self) -> str:
+        return c.model_uri(self.version.name, self.version.version)
+
+
+def cell_label(config: TrainConfig) -> str:
+    """'d56-w2-s3-f0.25': the grid cell of a training, for run names."""
+    return f"d{config.depth}-w{config.width:g}-s{config.seed}-f{config.data_fraction:g}"
+
+
+def fingerprint_in_this_store(config: TrainConfig, experiment_id: str) -> str:
+    """Identity of a training: its config, the tracking store and the experiment."""
+    return config.fingerprint(mlflow.get_tracking_uri(), experiment_id)
+
+
+def registered_version(config: TrainConfig, experiment_id: str) -> ModelVersion | None:
+    """The registered version of exactly this training, if one exists (sweeps skip those)."""
+    name = registered_name(config.dataset, config.depth, config.width)
+    found = find_versions(name, {c.FINGERPRINT: fingerprint_in_this_store(config, experiment_id)})
+    return found[0] if found else None
+
+
+def train_stage(config: TrainConfig, params: dict | None = None, parent_run_id: str | None = None,
+                tags: dict[str, str] | None = None, on_run: Callable[[str], None] | None = None,
+                progress: bool | None = None) -> TrainOutcome:
+    """Train and register one model in its own run (the entry point's, or a child of the active
+    run or of `parent_run_id`). `params`: what the caller was given, logged beside the config;
+    `on_run(run_id)` is called once the run exists, before training starts."""
+    with stage_run("train", f"train-{cell_label(config)}", parent_run_id=parent_run_id) as run:
+        if on_run:
+            on_run(run.info.run_id)
+        log_params_once({**dataclasses.asdict(config), **(params or {})})
+        log_params_once({"epochs_resolved": config.epochs})
+        if tags:
+            mlflow.set_tags(tags)
+        result, version = _train_and_register(config, run.info.run_id, run.info.experiment_id, progress)
+    return TrainOutcome(run.info.run_id, result, version)
+
+
+def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
+                        progress: bool | None) -> tuple[TrainResult, ModelVersion]:
+    data = load_dataset(config.dataset, config.data_dir or None)
+
+    # A checkpoint of the same config in the same store and experiment is resumed.
+    fingerprint = fingerprint_in_this_store(config, experiment_id)
+    ckpt = checkpoints.checkpoint_path(fingerprint)
+    previous = checkpoints.read_meta(ckpt)
+    lineage = previous["lineage"] if previous else uuid.uuid4().hex
+    if previous:
+        mark_dead_run(previous["run_id"])
+        mlflow.set_tag(c.RESUMED_FROM, previous["run_id"])
+        print(f"resuming from epoch {len(previous['history'])} of run {previous['run_id']}", file=sys.stderr)
+    mlflow.set_tags({c.LINEAGE: lineage, c.FINGERPRINT: fingerprint})
+
+    result = train(
+        config,
+        data,
+        checkpoint=ckpt,
+        checkpoint_meta={"lineage": lineage, "run_id": run_id},
+        on_epoch=lambda epoch, metrics: mlflow.log_metrics({**metrics, "epoch": epoch}, step=epoch),
+        progress=progress,
+    )
+    mlflow.log_params({c.TRAIN_SIZE: result.train_size, c.SUBSET_HASH: result.subset_hash, "num_classes": data.num_classes})
+    clean = {k: result.final[k] for k in ("train_accuracy_clean", "train_loss_clean")}
+    mlflow.log_metrics(clean, step=config.epochs)  # test metrics were logged per epoch
+
+    name = registered_name(config.dataset, config.depth, config.width)
+    tags = {
+        "dataset": config.dataset,
+        "depth": str(config.depth),
+        "width": f"{config.width:g}",
+        "seed": str(config.seed),
+        "data_fraction": f"{config.data_fraction:g}",
+        c.EPOCHS: str(config.epochs),
+        c.TRAIN_SIZE: str(result.train_size),
+        c.SUBSET_HASH: result.subset_hash,
+        c.TEST_ACCURACY: tag_value(result.final["test_accuracy"]),
+        c.TRAIN_ACCURACY: tag_value(result.final["train_accuracy_clean"]),
+        c.TRAIN_RUN_ID: run_id,
+        c.LINEAGE: lineage,
+        c.FINGERPRINT: fingerprint,
+    }
+    training = {**dataclasses.asdict(config), "classes": list(data.classes), "train_size": result.train_size,
+                "subset_hash": result.subset_hash, "run_id": run_id}
+    version = model_files.register(result.model, config.model_config(data.num_classes), name, run_id, tags, training)
+    mlflow.set_tags({c.REGISTERED_MODEL: name, c.MODEL_VERSION: str(version.version)})
+    checkpoints.remove(ckpt)  # the registry now holds the model; a rerun trains anew
+    return result, version

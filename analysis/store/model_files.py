@@ -1,0 +1,129 @@
+"""Trained models as registry files: a JSON config and safetensors weights, never a pickle.
+
+A registered version is an MLflow 3 logged model holding two files (contract.MODEL_CONFIG_FILE,
+contract.MODEL_WEIGHTS_FILE):
+    config.json        {"format": 1, "model": ModelConfig fields, "training": provenance}
+    model.safetensors  the state dict (parameters and BN buffers)
+Loading rebuilds the network from the config and loads the weights into it, so nothing is
+unpickled (it works with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false) and forward hooks fire,
+unlike MLflow's default pt2 format, which returns a graph whose submodules never run.
+Every version is tagged so that the registry can be searched (store/lookup.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..nets import ModelConfig, ResNet, build_model
+from .contract import LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, model_uri
+from .lookup import find_versions, resolve_version
+
+__all__ = ["LoadedModel", "register", "load_model", "write_model_files", "read_model_files"]
+
+FORMAT = 1
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: ResNet
+    config: ModelConfig
+    uri: str  # models:/NAME/VERSION, the version resolved
+    name: str
+    version: str
+    tags: dict[str, str]
+    run_id: str | None  # the training run
+    training: dict  # provenance recorded at training time
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-v{self.version}"
+
+
+def register(
+    model: torch.nn.Module,
+    config: ModelConfig,
+    name: str,
+    run_id: str,
+    tags: dict[str, str],
+    training: dict,
+) -> ModelVersion:
+    """Log the model's config and weights as an MLflow logged model and register it under `name`.
+
+    Idempotent per `tags["lineage"]`: if a version with the same lineage already exists (a run
+    killed after registering, then resumed), that version is returned and nothing is added.
+    """
+    client = MlflowClient()
+    existing = find_versions(name, {LINEAGE: tags[LINEAGE]}) if LINEAGE in tags else []
+    if existing:
+        return existing[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model_files(Path(tmp), model, config, training)
+        logged = mlflow.initialize_logged_model(name="resnet", source_run_id=run_id, tags={"registered_name": name})
+        client.log_model_artifacts(logged.model_id, tmp)
+        mlflow.finalize_logged_model(logged.model_id, "READY")
+    version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=tags)
+    client.set_registered_model_alias(name, NEWEST_ALIAS, version.version)
+    return version
+
+
+def write_model_files(directory: Path, model: torch.nn.Module, config: ModelConfig, training: dict) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / MODEL_WEIGHTS_FILE))
+    with open(directory / MODEL_CONFIG_FILE, "w") as f:
+        json.dump({"format": FORMAT, "model": config.to_dict(), "training": training}, f, indent=2)
+
+
+def load_model(uri: str, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuild a registered model from its config and safetensors weights, in eval mode."""
+    version = resolve_version(uri)
+    resolved = model_uri(version.name, version.version)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved))
+    config, training, model = read_model_files(local, resolved)
+    return LoadedModel(
+        model=model.to(device).eval(),
+        config=config,
+        uri=resolved,
+        name=version.name,
+        version=str(version.version),
+        tags=dict(version.tags),
+        run_id=version.run_id,
+        training=training,
+    )
+
+
+def read_model_files(directory: Path, what: str) -> tuple[ModelConfig, dict, ResNet]:
+    """Validate and load config.json and model.safetensors; errors name `what` and the problem."""
+    try:
+        with open(directory / MODEL_CONFIG_FILE) as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+        config = ModelConfig.from_dict(meta["model"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{what}: {MODEL_CONFIG_FILE} is missing or invalid ({err}); re-register the model with `train`") from None
+    try:
+        state = load_file(str(directory / MODEL_WEIGHTS_FILE))
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"{what}: {MODEL_WEIGHTS_FILE} is missing or corrupt ({err}); re-register the model with `train`") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{what}: weights hold NaN or infinite values in {', '.join(bad[:3])}; the model cannot be analysed")
+    model = build_model(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise ValueError(f"{what}: weights do not match the config {config} ({first})") from None
+    return config, meta.get("training", {}), model
+
+

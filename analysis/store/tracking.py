@@ -1,0 +1,121 @@
+"""MLflow runs as this project opens them: tagged with their kind and their process, ended
+FAILED with the user's one-line error when they fail, and told apart from dead ones.
+
+`stage_run` is how every stage opens its run: the run that `mlflow run` created for an entry
+point (MLFLOW_RUN_ID), or a child of the active run when a stage calls another (a study's
+trainings, analyses, comparison and predictions; a sweep's cells). `reap_dead_runs` (called as
+every entry point starts) ends as KILLED the runs of this host whose process no longer exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from typing import Iterator
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+from .contract import ERROR, KIND, KINDS, PROCESS_HOST, PROCESS_PID
+
+__all__ = ["start_run", "stage_run", "log_params_once", "fail_run", "reap_dead_runs", "mark_dead_run", "first_line"]
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+@contextlib.contextmanager
+def start_run(**kwargs) -> Iterator[Run]:
+    """mlflow.start_run, tagged with this process. If the block raises, the run ends FAILED with
+    the error's first line as tag `error`."""
+    with mlflow.start_run(**kwargs) as run:
+        mlflow.set_tags({PROCESS_HOST: socket.gethostname(), PROCESS_PID: str(os.getpid())})
+        try:
+            yield run
+        except BaseException as err:
+            mlflow.set_tag(ERROR, first_line(err)[:5000])
+            raise
+
+
+@contextlib.contextmanager
+def stage_run(kind: str, run_name: str | None = None, params: dict | None = None,
+              parent_run_id: str | None = None) -> Iterator[Run]:
+    """The run of one stage: nested under the active run (or `parent_run_id`) if there is one,
+    else the entry point's own run; tagged with its kind, its params logged once."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
+    nested = parent_run_id is not None or mlflow.active_run() is not None
+    with start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run:
+        mlflow.set_tag(KIND, kind)
+        if run_name and not nested and run.info.run_name != run_name:
+            MlflowClient().update_run(run.info.run_id, name=run_name)
+        if params:
+            log_params_once(params)
+        yield run
+
+
+def log_params_once(params: dict) -> None:
+    """Log params not already on the run: `mlflow run` logs declared ones itself, as strings it
+    chose, and logging a key again with another spelling ("1" vs "1.0") is an error."""
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params
+    fresh = {k: v for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def fail_run(message: str) -> None:
+    """End the failing run FAILED with `message` as tag `error`: the active run, else the run that
+    `mlflow run` created for this entry point (an error raised before any stage opened it)."""
+    active = mlflow.active_run()
+    run_id = active.info.run_id if active else os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    client = MlflowClient()
+    try:
+        client.set_tag(run_id, ERROR, message[:5000])
+        client.set_terminated(run_id, status="FAILED")
+    except MlflowException:
+        pass  # the store itself is what failed: nothing more can be recorded
+    if active:
+        mlflow.end_run("FAILED")
+
+
+def mark_dead_run(run_id: str) -> None:
+    """A run that died without ending (SIGKILL, lost machine): stop it showing as RUNNING."""
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+    except MlflowException:
+        pass  # deleted, or in another store: nothing to mark
+
+
+def reap_dead_runs() -> None:
+    """Runs left RUNNING by a process of this host that no longer exists (SIGKILL, OOM, power)
+    end as KILLED, so that no run shows as RUNNING forever."""
+    host = socket.gethostname()
+    try:
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string=f"attributes.status = 'RUNNING' and tags.`{PROCESS_HOST}` = '{host}'")
+    except MlflowException:
+        return  # a store that cannot be searched yet (fresh, or unreachable): nothing to reap
+    client = MlflowClient()
+    for run in runs:
+        pid = int(run.data.tags.get(PROCESS_PID, "0"))
+        if pid and pid != os.getpid() and not _alive(pid):
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    return True

@@ -1,0 +1,190 @@
+"""The training loop: config + data -> a trained ResNet, its metric history and checkpoints.
+
+Measured on this project's 2-core CPU (no GPU), real CIFAR-10 (JPEG copy), the `quick` preset
+(ResNet-20, width 1, 2 epochs, otherwise the paper's recipe): see README "Measured".
+
+Why it looks the way it does:
+- The training subset lives on the device as uint8 and is augmented a batch at a time there
+  (data.augment): no DataLoader workers, no per-example Python.
+- Nothing in the step reads a value back to the host; loss and accuracy accumulate on the device
+  and are read once per epoch (the progress bar's loss is read every 25 steps).
+- The data order and augmentation of epoch e come from a generator seeded with (seed, e), so a
+  run resumed from the checkpoint of epoch e ends with the same weights as one never stopped.
+- The learning rate follows the paper's cosine decay per step, computed from the step index,
+  so there is no scheduler state to checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..data import ImageData, augment, indices_hash, subset_indices
+from ..device import autocast, prepare_model, resolve_device
+from ..nets import ModelConfig, ResNet, build_model, decayed_parameters, evaluate
+from . import checkpoints
+
+__all__ = ["TrainResult", "train", "cosine_lr", "use_channels_last"]
+
+CLEAN_TRAIN_EVAL_MAX = 10_000  # examples of the training subset scored without augmentation at the end
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: ResNet
+    history: list[dict[str, float]]  # one dict of metrics per epoch
+    final: dict[str, float]  # test (or val) accuracy and loss, train_accuracy_clean, train_loss_clean
+    train_size: int
+    subset_hash: str
+    resumed_from_epoch: int  # 0 for a fresh run
+
+
+# torch 2.14.1 on the CPU hangs or crashes ("double free or corruption") in the backward pass of a
+# 1x1 stride-2 convolution in channels_last with 2 to 6 input channels (reproduced on this
+# project's machine; 1, 7, 8 and more are fine). A model narrower than width 0.5 has such a
+# projection shortcut into stage 2, so it trains in the default format on the CPU.
+CPU_CHANNELS_LAST_MIN_CHANNELS = 8
+
+
+def use_channels_last(wanted: bool, model: ModelConfig, device: torch.device) -> bool:
+    """Whether training runs in channels_last: as `wanted`, except where the CPU bug above bites."""
+    return wanted and (device.type != "cpu" or model.channels(1) >= CPU_CHANNELS_LAST_MIN_CHANNELS)
+
+
+def cosine_lr(step: int, total_steps: int, base_lr: float) -> float:
+    return 0.5 * base_lr * (1 + math.cos(math.pi * step / total_steps))
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def train(
+    config: TrainConfig,
+    data: ImageData,
+    checkpoint: Path | None = None,
+    checkpoint_meta: dict | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train one model. With `checkpoint`, resume from it if present and rewrite it every epoch.
+
+    `checkpoint_meta` is stored in each checkpoint beside the epoch and history. `on_epoch(epoch,
+    metrics)` is called after every epoch, and first for every epoch restored from a checkpoint,
+    so a resumed run still reports a complete history. `progress=None` shows a bar on a terminal.
+    """
+    device = resolve_device(config.device)
+    subset = subset_indices(data.train_y, config.data_fraction, config.subset_seed)
+    if config.val_fraction > 0:
+        # Hyperparameter search scores a held-out part of the training subset, never the test set.
+        held_out = subset[subset_indices(data.train_y[subset], config.val_fraction, config.subset_seed + 1)]
+        subset = subset[~torch.isin(subset, held_out)]
+        score_x, score_y, score_name = data.train_x[held_out].to(device), data.train_y[held_out].to(device), "val"
+    else:
+        score_x, score_y, score_name = data.test_x.to(device), data.test_y.to(device), "test"
+    train_x, train_y = data.train_x[subset].to(device), data.train_y[subset].to(device)
+    n = len(subset)
+    if n < config.batch_size:
+        raise ValueError(
+            f"data_fraction={config.data_fraction} leaves {n} training examples, fewer than batch_size={config.batch_size}; "
+            "raise data_fraction or lower batch_size"
+        )
+
+    torch.manual_seed(config.seed)
+    model_config = config.model_config(data.num_classes)
+    channels_last = use_channels_last(config.channels_last, model_config, device)
+    model = prepare_model(build_model(model_config), device, channels_last)
+    kernels, others = decayed_parameters(model)
+    optimizer = torch.optim.SGD(
+        [{"params": kernels, "weight_decay": config.weight_decay}, {"params": others, "weight_decay": 0.0}],
+        lr=config.lr,
+        momentum=config.momentum,
+    )
+
+    history: list[dict[str, float]] = []
+    if checkpoint is not None and checkpoint.exists():
+        history = checkpoints.restore(checkpoint, model, optimizer)["history"]
+    start_epoch = len(history)
+    for epoch, metrics in enumerate(history, start=1):
+        if on_epoch:
+            on_epoch(epoch, metrics)
+
+    forward = torch.compile(model) if config.compile else model  # shares the parameters of `model`
+    steps_per_epoch = n // config.batch_size  # the remainder is dropped; reshuffled every epoch
+    total_steps = config.epochs * steps_per_epoch
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        generator = epoch_generator(config.seed, epoch, device)
+        order = torch.randperm(n, device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        started = time.perf_counter()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=_no_bar(progress), leave=False)
+        for step in bar:
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            x = augment(train_x[batch], generator).contiguous(memory_format=memory_format)
+            y = train_y[batch]
+            lr = cosine_lr(epoch * steps_per_epoch + step, total_steps, config.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device):
+                logits = forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(batch)
+            correct += (logits.argmax(1) == y).sum()
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        seen = steps_per_epoch * config.batch_size
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"training loss became {train_loss} in epoch {epoch + 1}; lower lr={config.lr} or check the data"
+            )
+        metrics = {
+            "train_loss": train_loss,
+            "train_accuracy": correct.item() / seen,
+            "lr": lr,
+            "images_per_sec": seen / seconds,
+            "epoch_seconds": seconds,
+        }
+        # On small training subsets a full test pass can cost more than the epoch itself.
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            scores = evaluate(model, score_x, score_y, config.eval_batch_size)
+            metrics.update({f"{score_name}_loss": scores["loss"], f"{score_name}_accuracy": scores["accuracy"]})
+        history.append(metrics)
+        if checkpoint is not None:
+            checkpoints.save(checkpoint, model, optimizer, {**(checkpoint_meta or {}), "history": history})
+        if on_epoch:
+            on_epoch(epoch + 1, metrics)
+
+    # Training accuracy without augmentation: the paper's block structure only means something
+    # for models that fit their training set, so it is reported beside every analysis.
+    # A strided sample, since the subset is in (often class-sorted) index order.
+    stride = math.ceil(n / CLEAN_TRAIN_EVAL_MAX)
+    clean = evaluate(model, train_x[::stride], train_y[::stride], config.eval_batch_size)
+    final = {
+        f"{score_name}_accuracy": history[-1][f"{score_name}_accuracy"],  # the last epoch is always scored
+        f"{score_name}_loss": history[-1][f"{score_name}_loss"],
+        "train_accuracy_clean": clean["accuracy"],
+        "train_loss_clean": clean["loss"],
+    }
+    return TrainResult(model, history, final, n, indices_hash(subset), start_epoch)
+
+
+def _no_bar(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress

@@ -1,0 +1,56 @@
+"""Small fake stores for tests: randomly initialised tiny models registered as `train` would
+register them, and synthetic analysis runs as `analyze` logs them (no training, no analysis)."""
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from analysis.nets import ModelConfig, build_model
+from analysis.store import contract as c
+from analysis.store import lookup, model_files
+
+
+def register_model(depth: int = 8, width: float = 0.25, seed: int = 0, dataset: str = "cifar10",
+                   **tags: str) -> ModelVersion:
+    """A seeded random ResNet registered under its architecture's name, with the version tags
+    `train` sets (overridable through `tags`). A training run is opened for it."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(depth, width))
+    version_tags = {"dataset": dataset, "depth": str(depth), "width": f"{width:g}", "seed": str(seed),
+                    "data_fraction": "1", "epochs": "1", c.TEST_ACCURACY: "0.1", c.TRAIN_ACCURACY: "0.1",
+                    c.LINEAGE: f"{dataset}-{depth}-{width}-{seed}-{tags.get('data_fraction', '1')}", **tags}
+    with mlflow.start_run() as run:
+        return model_files.register(model, model.config, lookup.registered_name(dataset, depth, width), run.info.run_id,
+                                    version_tags, {"dataset": dataset})
+
+
+def uri(version: ModelVersion) -> str:
+    return c.model_uri(version.name, version.version)
+
+
+# (depth, width, seed, fraction, block_largest_frac); None: an analysis without block metrics.
+SYNTHETIC = [
+    (8, 0.25, 0, 1.0, 0.10), (8, 0.25, 1, 1.0, 0.30),
+    (8, 0.5, 0, 1.0, 0.40), (8, 0.5, 1, 1.0, None),
+    (14, 0.25, 0, 0.25, 0.50), (14, 0.25, 1, 0.25, 0.70), (14, 0.25, 2, 0.25, 0.60),
+]  # fmt: skip
+
+
+def populate(synthetic=SYNTHETIC) -> None:
+    """Registered tiny models with synthetic analysis runs as `analyze` logs them, one failed
+    analysis, and an older analysis of one version (the newest must win)."""
+    client = MlflowClient()
+    for depth, width, seed, fraction, largest in synthetic:
+        version = register_model(depth, width, seed, data_fraction=f"{fraction:g}", epochs="3", test_accuracy="0.5",
+                                 train_accuracy="0.9")
+        for attempt in ("old", "failed", "new"):
+            with mlflow.start_run() as run:
+                mlflow.set_tags({c.ANALYSIS_MODEL_URI: uri(version), c.MODEL_NAME: version.name,
+                                 c.MODEL_VERSION: str(version.version),
+                                 **{k: version.tags[k] for k in ("dataset", "depth", "width", "seed", "data_fraction")}})
+                if largest is not None:
+                    value = largest if attempt == "new" else 0.99
+                    mlflow.log_metrics({"block_largest_frac": value, "block_count": 1.0, "block_mean_cka": 0.95})
+            if attempt == "failed":
+                client.set_terminated(run.info.run_id, "FAILED")

@@ -1,0 +1,55 @@
+"""CKA of whole models over shared batches (analysis/science/similarity.py), with and without PC1."""
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.science.pca import estimate_pc1
+from analysis.science.similarity import model_cka
+from tests.synthetic import Lookup, index_images, shared_pc_layers
+
+
+def test_removing_a_shared_pc1_breaks_the_block_and_pc1_alone_keeps_it():
+    tables = shared_pc_layers()
+    model = Lookup(tables)
+    names = list(tables)
+    images = index_images(512)
+    pc = estimate_pc1(model, names, images, batch_size=128, iterations=6, progress=False)
+    result = model_cka([model], [names], images, torch.zeros(512, dtype=torch.long), batch_size=128, passes=2,
+                       directions=[pc.directions], progress=False)
+    off = ~np.eye(3, dtype=bool)
+    assert result.within(0)[off].min() > 0.9  # a block...
+    assert np.abs(result.within(0, "without_pc1")[off]).max() < 0.1  # ...made of PC1 alone
+    assert result.within(0, "pc1_only")[off].min() > 0.99
+    assert (pc.share > 0.9).all()
+
+
+def test_removing_pc1_leaves_cka_unchanged_where_pc1_carries_nothing_special():
+    # y is a rotation of x with a flat spectrum: CKA is 1 before and after removing each PC1.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 20, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=torch.float64))
+    model = Lookup({"x": x, "y": x @ q})
+    images = index_images(400)
+    pc = estimate_pc1(model, ["x", "y"], images, batch_size=100, iterations=30, block=8, progress=False)
+    result = model_cka([model], [["x", "y"]], images, torch.zeros(400, dtype=torch.long), batch_size=100, passes=1,
+                       directions=[pc.directions], progress=False)
+    assert result.within(0)[0, 1] == pytest.approx(1.0, abs=1e-6)
+    assert result.within(0, "without_pc1")[0, 1] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_shared_forward_pass_gives_the_same_cka_as_separate_passes():
+    tables = shared_pc_layers(n=256)
+    model = Lookup(tables)
+    other = Lookup({k: v.flip(1) * 2 for k, v in tables.items()})
+    names = list(tables)
+    images, targets = index_images(256), torch.zeros(256, dtype=torch.long)
+    pc = estimate_pc1(model, names, images, batch_size=64, iterations=2, progress=False)
+    pc_other = estimate_pc1(other, names, images, batch_size=64, iterations=2, progress=False)
+    together = model_cka([model, other], [names, names], images, targets, batch_size=64, passes=2,
+                         directions=[pc.directions, pc_other.directions], progress=False)
+    alone = model_cka([model], [names], images, targets, batch_size=64, passes=2, progress=False)
+    np.testing.assert_allclose(together.within(0), alone.within(0), atol=1e-12)
+    alone_other = model_cka([other], [names], images, targets, batch_size=64, passes=2,
+                            directions=[pc_other.directions], progress=False)
+    np.testing.assert_allclose(together.within(1, "without_pc1"), alone_other.within(0, "without_pc1"), atol=1e-12)

@@ -1,0 +1,104 @@
+"""`analyze` end to end on tiny registered models in a real SQLite store."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from analysis.nets import ModelConfig, layer_names
+from entrypoints import analyze as analyze_entry
+from entrypoints.common import run_main
+from tests.conftest import mlflow_cli
+from tests.fake_store import register_model, uri
+
+NAME = "cifar10-resnet8-w0.25"
+
+
+def register(seed: int, dataset: str = "cifar10") -> str:
+    return uri(register_model(8, 0.25, seed, dataset, train_accuracy="0.5"))
+
+
+def run_analyze(*argv: str) -> int:
+    args = analyze_entry.parse_args(["--num_examples", "60", "--batch_size", "20", "--passes", "2", "--device", "cpu", *argv])
+    return run_main(lambda: analyze_entry.main(args))
+
+
+def artifact(run_id: str, path: str):
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+    return np.load(local) if path.endswith(".npy") else open(local).read()
+
+
+@pytest.mark.slow
+def test_mlflow_run_analyze_logs_every_artifact_and_tags_the_version(store):
+    uri = register(0)
+    proc = mlflow_cli("-e", "analyze", "-P", f"models={uri}", "-P", "num_examples=60", "-P", "batch_size=20",
+                      "-P", "passes=2", "-P", "device=cpu", "-P", "analyses=cka,pc,probes,deletion",
+                      "-P", "probe_examples=200", cwd=store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'analyze'", output_format="list")
+    assert run.info.status == "FINISHED" and run.data.tags["analysis.model_uri"] == uri
+    files = {f.path for f in MlflowClient().list_artifacts(run.info.run_id, "cka")}
+    expected = {"cka.npy", "cka.csv", "heatmap.png", "summary.json", "cka_without_pc1.npy", "cka_without_pc1.csv",
+                "cka_pc1_only.npy", "cka_pc1_only.csv", "heatmap_without_pc1.png", "pc1_share.png", "probes.png", "deletion.png"}
+    assert files == {f"cka/{f}" for f in expected}
+    matrix = artifact(run.info.run_id, "cka/cka.npy")
+    names = layer_names(ModelConfig(8, 0.25))
+    assert matrix.shape == (len(names), len(names)) and np.all(np.diag(matrix) == 1) and np.array_equal(matrix, matrix.T)
+    csv_header = artifact(run.info.run_id, "cka/cka.csv").splitlines()[0]
+    assert csv_header.split(",")[1:] == names
+    summary = json.loads(artifact(run.info.run_id, "cka/summary.json"))
+    assert summary["num_examples"] == 60 and summary["batches"] == 6 and "block_count" in summary["metrics"]
+    assert "block_count" in run.data.metrics
+    assert "pc1_share" in summary and len(summary["deletion_accuracy"]) == 1  # ResNet-8: one identity block
+    assert len(summary["probe_accuracy"]["subset"]) == 6  # bn2 and relu of 3 blocks
+    assert {"pc1_share_in_block", "pc1_share_outside"} & set(run.data.metrics) or summary["metrics"]["block_count"] == 0
+    version = MlflowClient().get_model_version(NAME, "1")
+    assert version.tags["analysis_run_id"] == run.info.run_id and "block_count" in version.tags
+
+
+def test_several_models_give_nested_runs_and_cross_heatmaps(store):
+    a, b = register(0), register(1)
+    assert run_analyze("--models", a, "--layers", "blocks") == 0
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parent = next(r for r in runs if "analysis.models" in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 0  # one model: analysed on the run itself
+    assert run_analyze("--search", f"name='{NAME}'", "--layers", "blocks") == 0
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time DESC"])
+    parent = next(r for r in runs if r.data.tags.get("analysis.models", "").count(",") == 1)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(c.data.tags["analysis.model_uri"] for c in children) == sorted([a, b])
+    cross_dirs = [f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "cross")]
+    assert cross_dirs == [f"cross/{NAME}-v2__vs__{NAME}-v1"]  # newest first, as the search returns
+    cross = artifact(parent.info.run_id, f"{cross_dirs[0]}/cka.npy")
+    assert cross.shape == (3, 3) and not np.allclose(cross, 1)  # two inits differ
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    ([], "no models given"),
+    (["--models", "resnet8"], "not a registry URI"),
+    (["--models", "models:/nope/3"], "not in the registry"),
+    (["--search", "tags.depth = '999'"], "matches no registered model version"),
+    (["--batch_size", "3"], "batch_size=3"),
+    (["--dataset", "cifar100"], "trained on 'cifar10'"),
+    (["--layers", "blocks", "--passes", "0"], "passes=0"),
+])
+def test_bad_input_fails_in_one_line(store, capsys, monkeypatch, argv, fragment):
+    uri = register(0)
+    run_id = MlflowClient().create_run(experiment_id="0").info.run_id  # as `mlflow run` does
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    if argv and argv[0] in ("--batch_size", "--dataset", "--layers"):
+        argv = ["--models", uri, *argv]
+    capsys.readouterr()  # drop MLflow's registration messages
+    assert run_analyze(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and fragment in err and "\n" not in err
+    failed = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FAILED'", output_format="list")
+    assert [r.info.run_id for r in failed] == [run_id] and failed[0].data.tags["error"] == err.removeprefix("error: ")
+
+
+def test_models_trained_on_different_datasets_are_refused(store, capsys):
+    assert run_analyze("--models", f"{register(0)},{register(1, 'cifar100')}") == 2
+    assert "different datasets" in capsys.readouterr().err

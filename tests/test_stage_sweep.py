@@ -1,0 +1,126 @@
+"""`sweep` on real stores: one worker on SQLite, two worker processes on PostgreSQL, a worker
+killed mid-trial, and reruns that train nothing."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+
+from analysis.store import lookup, studies
+from entrypoints import sweep as sweep_entry
+from entrypoints.common import run_main
+from tests.conftest import REPO, subprocess_env
+
+TINY = ["--depths", "8", "--epochs", "1", "--batch_size", "50", "--device", "cpu"]
+
+
+def run_sweep(*argv: str) -> int:
+    return run_main(lambda: sweep_entry.main(sweep_entry.parse_args([*TINY, *argv])))
+
+
+def training_runs() -> list:
+    return mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'train'", output_format="list")
+
+
+def all_versions() -> list[tuple[str, str, str]]:
+    return sorted((v.name, v.tags["seed"], v.tags["width"]) for v in lookup.search_versions(""))
+
+
+def test_grid_on_sqlite_trains_each_cell_once_and_a_rerun_trains_nothing(store):
+    storage = f"sqlite:///{store / 'optuna.db'}"
+    assert run_sweep("--widths", "0.25,0.5", "--storage", storage) == 0
+    assert all_versions() == [("cifar10-resnet8-w0.25", "0", "0.25"), ("cifar10-resnet8-w0.5", "0", "0.5")]
+    runs = training_runs()
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    parent = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'sweep'", output_format="list")[0]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+
+    assert run_sweep("--widths", "0.25,0.5", "--storage", storage) == 0
+    assert len(training_runs()) == 2 and len(all_versions()) == 2
+
+
+def test_bad_grid_values_fail_before_anything_runs(store, capsys):
+    assert run_sweep("--widths", "0.25,x", "--storage", f"sqlite:///{store / 'optuna.db'}") == 2
+    assert "widths='0.25,x'" in capsys.readouterr().err
+    assert run_sweep("--depths", "8,9", "--storage", f"sqlite:///{store / 'optuna.db'}") == 2
+    assert "depth=9" in capsys.readouterr().err
+    assert training_runs() == []
+
+
+def test_storage_passwords_are_redacted():
+    assert studies.redact("postgresql+psycopg2://bob:s3cret@db:5432/optuna") == "postgresql+psycopg2://bob:***@db:5432/optuna"
+
+
+def worker(store, storage: str, *extra: str, heartbeat: str = "1") -> subprocess.Popen:
+    env = subprocess_env(WIDEDEEP_SWEEP_HEARTBEAT=heartbeat, MLFLOW_TRACKING_URI=os.environ["MLFLOW_TRACKING_URI"])
+    return subprocess.Popen(
+        [sys.executable, "-m", "entrypoints.sweep", "--depths", "8", "--batch_size", "50", "--device", "cpu",
+         "--storage", storage, "--study", "shared", *extra],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_workers_on_postgresql_share_a_2x2_grid(pg_store, optuna_pg_url):
+    grid = ["--widths", "0.25,0.5", "--seeds", "0,1", "--epochs", "1"]
+    assert run_sweep(*grid, "--storage", optuna_pg_url, "--study", "shared", "--mode", "setup") == 0
+    workers = [worker(pg_store, optuna_pg_url, *grid) for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err[-2000:]
+    assert all_versions() == [("cifar10-resnet8-w0.25", "0", "0.25"), ("cifar10-resnet8-w0.25", "1", "0.25"),
+                              ("cifar10-resnet8-w0.5", "0", "0.5"), ("cifar10-resnet8-w0.5", "1", "0.5")]
+    finished = [r for r in training_runs() if r.info.status == "FINISHED"]
+    assert len(finished) == 4
+    parents = {r.data.tags["mlflow.parentRunId"] for r in finished}
+    assert len(parents) >= 1  # cells nest under the sweep run of the worker that trained them
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_worker_killed_mid_trial_has_its_cell_completed_by_a_rerun(pg_store, optuna_pg_url, cache_root):
+    grid = ["--widths", "0.25", "--seeds", "0,1", "--epochs", "6"]
+    assert run_sweep(*grid, "--storage", optuna_pg_url, "--study", "shared", "--mode", "setup") == 0
+    victim = worker(pg_store, optuna_pg_url, *grid)
+    checkpoints = cache_root / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints.exists() and any(checkpoints.glob("*.safetensors"))):  # mid-trial: an epoch is done
+        assert time.time() < deadline and victim.poll() is None, "the worker never reached its first checkpoint"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    time.sleep(4)  # the victim's heartbeat (1 s) goes stale after the grace period (3 s)
+    rerun = worker(pg_store, optuna_pg_url, *grid)
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err[-2000:]
+
+    assert all_versions() == [("cifar10-resnet8-w0.25", "0", "0.25"), ("cifar10-resnet8-w0.25", "1", "0.25")]
+    runs = training_runs()
+    statuses = sorted(r.info.status for r in runs)
+    assert statuses.count("FINISHED") == 2 and "RUNNING" not in statuses
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert len(killed) == 1
+    resumed = [r for r in runs if r.data.tags.get("resumed_from_run") == killed[0].info.run_id]
+    assert len(resumed) == 1 and resumed[0].info.status == "FINISHED"
+    study = optuna.load_study(study_name="shared", storage=optuna_pg_url)
+    assert sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials) == 1
+    assert not list(checkpoints.glob("*.safetensors"))  # both cells registered: no checkpoint left
+
+
+def test_search_mode_tunes_lr_and_weight_decay_on_a_validation_split(store):
+    storage = f"sqlite:///{store / 'optuna.db'}"
+    assert run_sweep("--widths", "0.25", "--mode", "search", "--n_trials", "3", "--epochs", "2", "--storage", storage) == 0
+    trials = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'search'", output_format="list")
+    assert len(trials) == 3 and all(r.info.status == "FINISHED" for r in trials)
+    for r in trials:
+        assert "val_accuracy" in r.data.metrics and "test_accuracy" not in r.data.metrics  # never the test set
+        assert float(r.data.params["val_fraction"]) == pytest.approx(0.1)
+    assert lookup.search_versions("") == []  # search trials are not registered models
+    study = optuna.load_study(study_name=next(s.study_name for s in optuna.get_all_study_summaries(storage)), storage=storage)
+    assert len({(t.params["lr"], t.params["weight_decay"]) for t in study.trials}) == 3

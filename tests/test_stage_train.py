@@ -1,0 +1,109 @@
+"""`train` end to end through the mlflow CLI, and its bad-input handling on a real SQLite store."""
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from analysis import registry
+from analysis.store import lookup
+from analysis.data import load_dataset
+from analysis.nets import evaluate
+from entrypoints import train as train_entry
+from entrypoints.common import run_main
+from tests.conftest import mlflow_cli
+
+TINY = ["-P", "depth=8", "-P", "width=0.25", "-P", "epochs=2", "-P", "batch_size=50", "-P", "device=cpu"]
+
+
+@pytest.mark.slow
+def test_mlflow_run_trains_registers_and_loads_back(store, tiny_data):
+    proc = mlflow_cli("-e", "train", *TINY, cwd=store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "registered models:/cifar10-resnet8-w0.25/1" in proc.stdout
+
+    client = MlflowClient()
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["depth"] == "8" and run.data.params["train_size"] == "300"
+    history = client.get_metric_history(run.info.run_id, "test_accuracy")
+    assert [m.step for m in history] == [1, 2]
+
+    version = client.get_model_version("cifar10-resnet8-w0.25", "1")
+    for key, value in {"dataset": "cifar10", "depth": "8", "width": "0.25", "seed": "0", "data_fraction": "1",
+                       "train_run_id": run.info.run_id}.items():
+        assert version.tags[key] == value
+    assert float(version.tags["test_accuracy"]) == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
+
+    # Loaded back by name/version and by alias, it gives the logits it had at the end of
+    # training: the test loss recomputed here equals the logged one.
+    data = load_dataset("cifar10", tiny_data)
+    for uri in ("models:/cifar10-resnet8-w0.25/1", "models:/cifar10-resnet8-w0.25@newest"):
+        loaded = registry.load_model(uri)
+        score = evaluate(loaded.model, data.test_x, data.test_y)
+        assert score["loss"] == pytest.approx(run.data.metrics["test_loss"], rel=1e-5)
+        assert score["accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
+
+
+def run_train(*argv: str) -> int:
+    args = train_entry.parse_args(["--depth", "8", "--width", "0.25", "--epochs", "1", "--batch_size", "50", "--device", "cpu", *argv])
+    return run_main(lambda: train_entry.main(args))
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--depth", "21"], "depth=21"),
+    (["--width", "0"], "width=0.0"),
+    (["--data_fraction", "1.5"], "data_fraction=1.5"),
+    (["--dataset", "mnist"], "dataset='mnist'"),
+    (["--data_dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--lr", "1e12"], "loss became nan"),
+])
+def test_bad_input_fails_the_run_in_one_line_and_registers_nothing(entry_run, capsys, argv, fragment):
+    assert run_train(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and fragment in err and "\n" not in err
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.run_id == entry_run and run.info.status == "FAILED"
+    assert run.data.tags["error"] == err.removeprefix("error: ")
+    assert MlflowClient().search_registered_models() == []
+
+
+@pytest.mark.slow
+def test_bad_input_through_the_cli_exits_non_zero(store):
+    proc = mlflow_cli("-e", "train", "-P", "depth=22", cwd=store)
+    assert proc.returncode != 0
+    assert "error: depth=22 is not 6n+2" in proc.stderr
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED"
+
+
+def test_rerun_of_a_killed_training_resumes_and_marks_the_dead_run(store, monkeypatch):
+    # The first attempt dies after epoch 1 (as a SIGKILL would, leaving its run RUNNING).
+    from analysis.stages import train as train_stage
+
+    real_train = train_stage.train
+
+    def dying_train(*args, on_epoch, **kwargs):
+        def die(epoch, metrics):
+            on_epoch(epoch, metrics)
+            if epoch == 1:
+                raise SystemExit("killed")
+        return real_train(*args, on_epoch=die, **kwargs)
+
+    monkeypatch.setattr(train_stage, "train", dying_train)
+    args = train_entry.parse_args(["--depth", "8", "--width", "0.25", "--epochs", "2", "--batch_size", "50", "--device", "cpu"])
+    with pytest.raises(SystemExit):
+        train_entry.main(args)
+    dead = mlflow.last_active_run()
+    MlflowClient().update_run(dead.info.run_id, status="RUNNING")  # what a killed process leaves behind
+    mlflow.end_run() if mlflow.active_run() else None
+
+    monkeypatch.setattr(train_stage, "train", real_train)
+    assert run_train("--epochs", "2") == 0
+    runs = {r.info.run_id: r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    assert runs[dead.info.run_id].info.status == "KILLED"
+    (resumed,) = [r for r in runs.values() if r.info.run_id != dead.info.run_id]
+    assert resumed.data.tags["resumed_from_run"] == dead.info.run_id
+    assert [m.step for m in MlflowClient().get_metric_history(resumed.info.run_id, "train_loss")] == [1, 2]
+    versions = lookup.find_versions("cifar10-resnet8-w0.25")
+    assert len(versions) == 1 and np.isfinite(float(versions[0].tags["test_accuracy"]))
