@@ -2,9 +2,9 @@
 
 Times, on the same examples and batches, side by side in one process:
   forward only               the model's forward passes alone (inference mode, the CKA batches)
-  cka                        forward + Grams + the estimator (analysis.model_cka)
+  cka                        forward + Grams + the estimator (analysis.science.similarity)
   cka+pc                     plus PC1 estimation passes and the two PC1 variants of CKA
-  every analysis             cka + pc + probes + deletion (analysis.pipeline.analyze_models)
+  every analysis             cka + pc + probes + deletion (analysis.stages.analyze.analyze_models)
 and the peak resident memory of the process, for ResNet-110 at width 1 with every layer
 (9 + 21*18 = 387 layers) by default. Target (issue 9): cka+pc within 1.3x of ... see the table.
 

@@ -54,3 +54,9 @@ def populate(synthetic=SYNTHETIC) -> None:
                     mlflow.log_metrics({"block_largest_frac": value, "block_count": 1.0, "block_mean_cka": 0.95})
             if attempt == "failed":
                 client.set_terminated(run.info.run_id, "FAILED")
+
+
+def runs_of(kind: str, status: str | None = None) -> list:
+    """Runs of one kind (contract.KINDS) in every experiment, optionally of one status."""
+    where = f"tags.`{c.KIND}` = '{kind}'" + (f" and attributes.status = '{status}'" if status else "")
+    return mlflow.search_runs(search_all_experiments=True, filter_string=where, output_format="list")

@@ -16,6 +16,7 @@ import torch
 from mlflow import MlflowClient
 
 from analysis import registry
+from analysis.store import contract as c
 from analysis.store import lookup
 from tests.conftest import REPO, subprocess_env
 from tests.fake_store import register_model
@@ -124,14 +125,14 @@ def test_analyze_killed_mid_way_leaves_no_complete_looking_run_and_a_rerun_compl
             "--batch_size", "20", "--passes", "50", "--device", "cpu", "--analyses", "cka,pc"]
     victim = spawn(argv, uri)
     deadline = time.time() + 120
-    while not [r for r in runs(uri) if r.data.tags.get("widedeep.kind") == "analyze"]:
+    while not [r for r in runs(uri) if r.data.tags.get(c.KIND) == "analyze"]:
         assert victim.poll() is None and time.time() < deadline
         time.sleep(0.1)
     time.sleep(1.5)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     finish(spawn(argv[:8] + ["--passes", "2"] + argv[10:], uri))
-    analyses = [r for r in runs(uri) if r.data.tags.get("widedeep.kind") == "analyze"]
+    analyses = [r for r in runs(uri) if r.data.tags.get(c.KIND) == "analyze"]
     by_status = {r.info.status: r for r in analyses}
     assert sorted(by_status) == ["FINISHED", "KILLED"]
     assert "block_count" not in by_status["KILLED"].data.metrics  # nothing logged as if complete
@@ -206,7 +207,7 @@ def test_study_killed_mid_way_resumes_to_a_complete_report(store):
             "--out", str(store / "report")]
     victim = spawn(argv, uri)
     deadline = time.time() + 300
-    while len([r for r in runs(uri) if r.data.tags.get("widedeep.kind") == "train" and r.info.status == "FINISHED"]) < 2:
+    while len([r for r in runs(uri) if r.data.tags.get(c.KIND) == "train" and r.info.status == "FINISHED"]) < 2:
         assert victim.poll() is None and time.time() < deadline, "the study never trained two cells"
         time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)
@@ -214,7 +215,7 @@ def test_study_killed_mid_way_resumes_to_a_complete_report(store):
     finish(spawn(argv, uri))
     found = runs(uri)
     assert "RUNNING" not in {r.info.status for r in found}
-    trained = [r for r in found if r.data.tags.get("widedeep.kind") == "train" and r.info.status == "FINISHED"]
+    trained = [r for r in found if r.data.tags.get(c.KIND) == "train" and r.info.status == "FINISHED"]
     assert len(trained) == 4  # the two finished before the kill were not trained again
     assert len(lookup.search_versions("")) == 4
     assert (store / "report" / "report.html").exists()

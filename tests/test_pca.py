@@ -4,9 +4,16 @@ import pytest
 import torch
 
 from analysis.science.cka import gram, u_center
-from analysis.science.pca import estimate_pc1, remove_direction
+from analysis.science.pca import estimate_pc1
 from analysis.science.similarity import batch_reductions
 from tests.synthetic import Lookup, index_images, known_spectrum
+
+
+def remove_direction(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The paper's PC removal written out: centre x (n, d) over examples, subtract its component
+    along unit vector v."""
+    xc = x - x.mean(0, keepdim=True)
+    return xc - torch.outer(xc @ v, v)
 
 
 def test_pc1_share_and_direction_on_a_known_spectrum():

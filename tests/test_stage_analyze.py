@@ -8,10 +8,11 @@ import pytest
 from mlflow import MlflowClient
 
 from analysis.nets import ModelConfig, layer_names
+from analysis.store import contract as c
 from entrypoints import analyze as analyze_entry
 from entrypoints.common import run_main
 from tests.conftest import mlflow_cli
-from tests.fake_store import register_model, uri
+from tests.fake_store import register_model, runs_of, uri
 
 NAME = "cifar10-resnet8-w0.25"
 
@@ -37,18 +38,18 @@ def test_mlflow_run_analyze_logs_every_artifact_and_tags_the_version(store):
                       "-P", "passes=2", "-P", "device=cpu", "-P", "analyses=cka,pc,probes,deletion",
                       "-P", "probe_examples=200", cwd=store)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'analyze'", output_format="list")
-    assert run.info.status == "FINISHED" and run.data.tags["analysis.model_uri"] == uri
+    (run,) = runs_of("analyze")
+    assert run.info.status == "FINISHED" and run.data.tags[c.ANALYSIS_MODEL_URI] == uri
     files = {f.path for f in MlflowClient().list_artifacts(run.info.run_id, "cka")}
     expected = {"cka.npy", "cka.csv", "heatmap.png", "summary.json", "cka_without_pc1.npy", "cka_without_pc1.csv",
                 "cka_pc1_only.npy", "cka_pc1_only.csv", "heatmap_without_pc1.png", "pc1_share.png", "probes.png", "deletion.png"}
-    assert files == {f"cka/{f}" for f in expected}
-    matrix = artifact(run.info.run_id, "cka/cka.npy")
+    assert files == {f"{c.CKA_DIR}/{f}" for f in expected}
+    matrix = artifact(run.info.run_id, f"{c.CKA_DIR}/cka.npy")
     names = layer_names(ModelConfig(8, 0.25))
     assert matrix.shape == (len(names), len(names)) and np.all(np.diag(matrix) == 1) and np.array_equal(matrix, matrix.T)
-    csv_header = artifact(run.info.run_id, "cka/cka.csv").splitlines()[0]
+    csv_header = artifact(run.info.run_id, f"{c.CKA_DIR}/cka.csv").splitlines()[0]
     assert csv_header.split(",")[1:] == names
-    summary = json.loads(artifact(run.info.run_id, "cka/summary.json"))
+    summary = json.loads(artifact(run.info.run_id, f"{c.CKA_DIR}/summary.json"))
     assert summary["num_examples"] == 60 and summary["batches"] == 6 and "block_count" in summary["metrics"]
     assert "block_count" in run.data.metrics
     assert "pc1_share" in summary and len(summary["deletion_accuracy"]) == 1  # ResNet-8: one identity block
@@ -69,8 +70,10 @@ def test_several_models_give_nested_runs_and_cross_heatmaps(store):
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time DESC"])
     parent = next(r for r in runs if r.data.tags.get("analysis.models", "").count(",") == 1)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(c.data.tags["analysis.model_uri"] for c in children) == sorted([a, b])
-    cross_dirs = [f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "cross")]
+    assert sorted(child.data.tags[c.ANALYSIS_MODEL_URI] for child in children) == sorted([a, b])
+    assert {(child.info.run_name, child.data.tags[c.KIND]) for child in children} == {(f"{NAME}-v1", "analyze"),
+                                                                                    (f"{NAME}-v2", "analyze")}
+    cross_dirs = [f.path for f in MlflowClient().list_artifacts(parent.info.run_id, c.CROSS_DIR)]
     assert cross_dirs == [f"cross/{NAME}-v2__vs__{NAME}-v1"]  # newest first, as the search returns
     cross = artifact(parent.info.run_id, f"{cross_dirs[0]}/cka.npy")
     assert cross.shape == (3, 3) and not np.allclose(cross, 1)  # two inits differ
@@ -96,7 +99,7 @@ def test_bad_input_fails_in_one_line(store, capsys, monkeypatch, argv, fragment)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and fragment in err and "\n" not in err
     failed = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FAILED'", output_format="list")
-    assert [r.info.run_id for r in failed] == [run_id] and failed[0].data.tags["error"] == err.removeprefix("error: ")
+    assert [r.info.run_id for r in failed] == [run_id] and failed[0].data.tags[c.ERROR] == err.removeprefix("error: ")
 
 
 def test_models_trained_on_different_datasets_are_refused(store, capsys):

@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from analysis.store import contract as c
 from entrypoints import analyze as analyze_entry
 from entrypoints import compare as compare_entry
 from entrypoints.common import run_main
-from tests.fake_store import SYNTHETIC, populate, register_model, uri
+from tests.fake_store import SYNTHETIC, populate, register_model, runs_of, uri
 
 
 def run_compare(*argv: str) -> int:
@@ -18,8 +19,8 @@ def run_compare(*argv: str) -> int:
 def test_compare_logs_table_and_figures(store):
     populate()
     assert run_compare("--source", "sql") == 0
-    (run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'compare'", output_format="list")
-    files = {f.path.split("/")[-1] for f in MlflowClient().list_artifacts(run.info.run_id, "comparison")}
+    (run,) = runs_of("compare")
+    files = {f.path.split("/")[-1] for f in MlflowClient().list_artifacts(run.info.run_id, c.COMPARISON_DIR)}
     assert {"models.csv", "table.csv", "table.md", "block_vs_width.png", "block_vs_depth.png"} <= files
     assert not any(f.startswith("heatmaps") for f in files)  # synthetic runs logged no matrices: no empty grids
     assert run.data.metrics["models"] == len(SYNTHETIC) and run.data.metrics["incomplete"] == 1
@@ -41,8 +42,8 @@ def test_mlflow_run_compare_assembles_heatmap_grid_from_real_analyses(store):
         assert run_main(lambda: analyze_entry.main(args)) == 0
     proc = mlflow_cli("-e", "compare", cwd=store)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'compare'", output_format="list")
-    files = {f.path.split("/")[-1] for f in MlflowClient().list_artifacts(run.info.run_id, "comparison")}
+    (run,) = runs_of("compare")
+    files = {f.path.split("/")[-1] for f in MlflowClient().list_artifacts(run.info.run_id, c.COMPARISON_DIR)}
     assert "heatmaps_fraction_1.png" in files and "block_vs_width.png" in files
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="comparison/table.csv"))
     assert list(table["width"]) == [0.25, 0.5] and list(table["seeds"]) == [1, 1]

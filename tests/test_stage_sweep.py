@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 
-import mlflow
 import optuna
 import pytest
 
 from analysis.store import lookup, studies
 from entrypoints import sweep as sweep_entry
 from entrypoints.common import run_main
+from tests.fake_store import runs_of
 from tests.conftest import REPO, subprocess_env
 
 TINY = ["--depths", "8", "--epochs", "1", "--batch_size", "50", "--device", "cpu"]
@@ -24,7 +24,7 @@ def run_sweep(*argv: str) -> int:
 
 
 def training_runs() -> list:
-    return mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'train'", output_format="list")
+    return runs_of("train")
 
 
 def all_versions() -> list[tuple[str, str, str]]:
@@ -37,7 +37,7 @@ def test_grid_on_sqlite_trains_each_cell_once_and_a_rerun_trains_nothing(store):
     assert all_versions() == [("cifar10-resnet8-w0.25", "0", "0.25"), ("cifar10-resnet8-w0.5", "0", "0.5")]
     runs = training_runs()
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    parent = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'sweep'", output_format="list")[0]
+    parent = runs_of("sweep")[0]
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
 
     assert run_sweep("--widths", "0.25,0.5", "--storage", storage) == 0
@@ -116,7 +116,7 @@ def test_a_worker_killed_mid_trial_has_its_cell_completed_by_a_rerun(pg_store, o
 def test_search_mode_tunes_lr_and_weight_decay_on_a_validation_split(store):
     storage = f"sqlite:///{store / 'optuna.db'}"
     assert run_sweep("--widths", "0.25", "--mode", "search", "--n_trials", "3", "--epochs", "2", "--storage", storage) == 0
-    trials = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`widedeep.kind` = 'search'", output_format="list")
+    trials = runs_of("search")
     assert len(trials) == 3 and all(r.info.status == "FINISHED" for r in trials)
     for r in trials:
         assert "val_accuracy" in r.data.metrics and "test_accuracy" not in r.data.metrics  # never the test set

@@ -9,6 +9,7 @@ from analysis import registry
 from analysis.store import lookup
 from analysis.data import load_dataset
 from analysis.nets import evaluate
+from analysis.store import contract as c
 from entrypoints import train as train_entry
 from entrypoints.common import run_main
 from tests.conftest import mlflow_cli
@@ -64,7 +65,7 @@ def test_bad_input_fails_the_run_in_one_line_and_registers_nothing(entry_run, ca
     assert err.startswith("error: ") and fragment in err and "\n" not in err
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.run_id == entry_run and run.info.status == "FAILED"
-    assert run.data.tags["error"] == err.removeprefix("error: ")
+    assert run.data.tags[c.ERROR] == err.removeprefix("error: ")
     assert MlflowClient().search_registered_models() == []
 
 

@@ -18,8 +18,8 @@ Why these choices:
   20% separate the two; 0.9 and 10% (the first choice here) called the control's stages blocks.
 - A minimum span: any conv -> BN -> ReLU triple is trivially similar (BN is an affine map of the
   conv), so short ranges are normal local similarity, not block structure.
-Caveat (PAPER.md): an untrained or under-trained ResNet looks like one big block; read block
-metrics beside the model's training accuracy.
+Caveat (Nguyen et al., 2021; docs/cpu-study.md): an untrained or under-trained ResNet looks like
+one big block; read block metrics beside the model's training accuracy.
 """
 
 from __future__ import annotations

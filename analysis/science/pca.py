@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..nets import stream
 
-__all__ = ["PC1", "estimate_pc1", "remove_direction"]
+__all__ = ["PC1", "estimate_pc1"]
 
 
 @dataclasses.dataclass
@@ -100,9 +100,3 @@ def estimate_pc1(
     if dead:
         raise ValueError(f"layer(s) {', '.join(dead[:5])} have zero variance over the examples; PC1 is undefined")
     return PC1(directions=directions, share=share, residual=residual)
-
-
-def remove_direction(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Centre x (n, d) over examples and subtract its component along unit vector v."""
-    xc = x - x.mean(0, keepdim=True)
-    return xc - torch.outer(xc @ v, v)

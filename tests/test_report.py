@@ -1,0 +1,96 @@
+"""The study report (analysis/report.py) from a small fake store: two seeds of one architecture
+analysed together, a comparison run and a predictions run, written with the project's own
+writers; every section shows the numbers that were logged."""
+
+import re
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from analysis.config import STUDY_PRESETS
+from analysis.render import write_comparison, write_heatmap, write_matrix, write_model_report, write_predictions
+from analysis.report import SECTIONS, StudyResults, cross_seed_numbers, write_report
+from analysis.science.blocks import Block
+from analysis.science.explain import ModelReport, explanation_metrics
+from analysis.science.predictions import compare_groups
+from analysis.store import contract as c
+from analysis.store import queries
+from tests.fake_store import register_model, uri
+
+NAMES = [f"stage1.block{i}.relu" for i in range(1, 9)]
+CROSS = np.diag([0.9, 0.9, 0.3, 0.3, 0.3, 0.3, 0.9, 0.9])
+
+
+def analysed_pair() -> list[str]:
+    """Seeds 0 and 1 of one architecture, analysed together the way `analyze` logs a group."""
+    versions = [register_model(8, 0.25, seed, train_accuracy="0.97") for seed in (0, 1)]
+    labels = [f"{v.name}-v{v.version}" for v in versions]
+    with mlflow.start_run():
+        mlflow.set_tags({c.KIND: "analyze", c.ANALYSIS_MODELS: ",".join(uri(v) for v in versions)})
+        for v, label, largest in zip(versions, labels, (0.5, 0.25)):
+            block = Block(2, 5, NAMES[2], NAMES[5], 4, largest, 0.96)
+            report = ModelReport(label, NAMES, np.eye(8), [block], {c.ANALYSIS_ACCURACY: 0.5, "block_count": 1.0,
+                                 "block_largest_frac": largest, "block_mean_cka": 0.96},
+                                 cka_without_pc1=np.full((8, 8), 0.2), cka_pc1_only=np.eye(8), pc1_share=np.linspace(0.1, 0.8, 8),
+                                 pc1_residual=np.zeros(8))
+            report.metrics.update(explanation_metrics(report))
+            with mlflow.start_run(nested=True), tempfile.TemporaryDirectory() as tmp:
+                mlflow.set_tags({c.KIND: "analyze", c.ANALYSIS_MODEL_URI: uri(v), c.MODEL_NAME: v.name,
+                                 c.MODEL_VERSION: str(v.version), **{k: v.tags[k] for k in c.VERSION_CONFIG}})
+                mlflow.log_metrics(report.metrics)
+                write_model_report(Path(tmp), report, "0.97", {"model_uri": uri(v)})
+                mlflow.log_artifacts(tmp, c.CKA_DIR)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / c.cross_dir(*labels)
+            write_matrix(out, "cka", CROSS, NAMES, NAMES)
+            write_heatmap(out, "heatmap", CROSS, NAMES, NAMES)
+            mlflow.log_artifacts(tmp)
+    return [uri(v) for v in versions]
+
+
+def logged_run(kind: str, write) -> str:
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tag(c.KIND, kind)
+        write(Path(tmp))
+        mlflow.log_artifacts(tmp)
+    return run.info.run_id
+
+
+def test_every_section_shows_the_logged_numbers(store):
+    uris = analysed_pair()
+    rows = queries.analysed_models_api()
+    assert list(rows["block_largest_frac"]) == [0.5, 0.25]
+    compare_run = logged_run("compare", lambda d: write_comparison(rows, queries.aggregate(rows), {}, d / c.COMPARISON_DIR))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 200)
+    preds = np.where(rng.random((4, 200)) < 0.7, labels, rng.integers(0, 10, (4, 200)))
+    result = compare_groups(preds[:2], preds[2:], labels, 10, 0.05, 99)
+    predictions_run = logged_run("predictions", lambda d: write_predictions(result, uris, ["models:/x/1", "models:/x/2"],
+                                                                          [str(i) for i in range(10)], labels,
+                                                                          d / c.PREDICTIONS_DIR))
+    results = StudyResults(rows=rows, compare_run_id=compare_run, predictions_run_id=predictions_run, group_a=uris,
+                           group_b=["models:/x/1", "models:/x/2"], predictions=result.metrics(),
+                           timings={"sweep": 1.0})
+    page = write_report(STUDY_PRESETS["smoke"], results, store / "report", "run-id").read_text()
+
+    sections = {k: re.search(rf'<section id="{k}">(.*?)</section>', page, re.S).group(1) for k in SECTIONS}
+    assert "0.500" in sections["block-structure"] and "0.250" in sections["block-structure"]
+    pc1_in = np.linspace(0.1, 0.8, 8)[2:6].mean()
+    assert f"{pc1_in:.3f}" in sections["pc1"]
+    assert "0.200" in sections["without-pc1"]  # block_mean_cka_without_pc1 of the flat 0.2 matrix
+    assert f"{result.metrics()['cross_disagreement']:.3f}" in sections["predictions"]
+    # Cross-seed: the same layer's CKA is 0.3 inside seed 0's block (layers 2-5) and 0.9 outside.
+    assert "0.300" in sections["cross-seed"] and "0.900" in sections["cross-seed"]
+    assert (store / "report" / c.COMPARISON_DIR / "table.csv").exists()
+    assert (store / "report" / c.PREDICTIONS_DIR / "per_class.png").exists()
+
+
+def test_cross_seed_numbers_read_the_groups_cross_matrix(store):
+    analysed_pair()
+    table, figures = cross_seed_numbers(queries.analysed_models_api())
+    assert len(table) == 1 and len(figures) == 1 and figures[0][1].exists()
+    assert table.iloc[0]["same_layer_cka_in_block"] == pytest.approx(0.3)
+    assert table.iloc[0]["same_layer_cka_outside"] == pytest.approx(0.9)
