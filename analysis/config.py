@@ -20,8 +20,8 @@ from .data import DATASETS
 from .nets import ModelConfig
 
 __all__ = [
-    "PRESET_EPOCHS", "DEVICES", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN",
-    "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "FITS_TRAINING_SET",
+    "PRESET_EPOCHS", "DEVICES", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS",
+    "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "PROBE_MEMORY_BYTES", "FITS_TRAINING_SET",
     "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
 
@@ -96,6 +96,7 @@ def resolve_epochs(preset: str, epochs: int) -> int:
 ANALYSES = ("cka", "pc", "probes", "deletion")
 LAYER_SETS = ("all", "blocks")
 PROBE_TRAIN = ("subset", "full", "both")
+PRECISIONS = ("float32", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +114,7 @@ class AnalysisOptions:
     probe_examples: int = 10_000  # training examples per probe (0: all)
     probe_pool: int = 2
     probe_train: str = "subset"  # the model's own training subset, the full training set, or both
+    precision: str = "float32"  # activations; "bf16": autocast on CUDA, faster, error measured in docs/performance.md
 
     def __post_init__(self) -> None:
         unknown = set(self.analyses) - set(ANALYSES)
@@ -124,7 +126,12 @@ class AnalysisOptions:
             (self.pc_iterations >= 1, "pc_iterations", "an integer >= 1"),
             (self.probe_pool >= 1, "probe_pool", "an integer >= 1 (1: no pooling, the paper: 2)"),
             (self.probe_train in PROBE_TRAIN, "probe_train", f"one of {', '.join(PROBE_TRAIN)}"),
+            (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
         ])  # fmt: skip
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
 
     @staticmethod
     def parse_analyses(text: str) -> tuple[str, ...]:
@@ -139,8 +146,10 @@ class AnalysisOptions:
 BLOCK_THRESHOLD = 0.94
 BLOCK_MIN_FRAC = 0.2
 BLOCK_MIN_LAYERS = 4
-# Linear probes: ridge = PROBE_RIDGE x the layer's mean feature variance (scale-invariant).
+# Linear probes: ridge = PROBE_RIDGE x the layer's mean feature variance (scale-invariant); the
+# layers' normal equations are fitted in groups that fit PROBE_MEMORY_BYTES (science/probes.py).
 PROBE_RIDGE = 1e-3
+PROBE_MEMORY_BYTES = 1 << 30
 # Below this clean training accuracy a model has not fitted its training set, and an under-trained
 # ResNet looks like one big block (docs/cpu-study.md: a ResNet-110 that failed to train at lr 0.05
 # had "blocks" over 73% of its layers and a PC1 share of 0.99).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.config import ANALYSES, LAYER_SETS, PROBE_TRAIN, AnalysisOptions
+from analysis.config import ANALYSES, LAYER_SETS, PRECISIONS, PROBE_TRAIN, AnalysisOptions
 from analysis.stages.analyze import analyze_stage
 from analysis.store.lookup import split_uris, uris_matching
 from entrypoints.common import whole_number, run_main
@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--probe_examples", type=whole_number, default=d.probe_examples, help="training examples per probe (0: all)")
     p.add_argument("--probe_pool", type=whole_number, default=d.probe_pool)
     p.add_argument("--probe_train", default=d.probe_train, help=f"{', '.join(PROBE_TRAIN)} (subset: the model's own)")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                   help="activations: float32, or bf16 autocast on CUDA (faster; its error is in docs/performance.md)")
     p.add_argument("--dataset", default="", help="default: the dataset the models were trained on")
     p.add_argument("--data_dir", default="")
     return p
@@ -54,6 +56,7 @@ def main(args: argparse.Namespace) -> None:
         analyses=AnalysisOptions.parse_analyses(args.analyses), layers=args.layers, num_examples=args.num_examples,
         batch_size=args.batch_size, passes=args.passes, seed=args.seed, pc_iterations=args.pc_iterations,
         probe_examples=args.probe_examples, probe_pool=args.probe_pool, probe_train=args.probe_train,
+        precision=args.precision,
     )
     uris = model_uris(args.models, args.search)
     outcome = analyze_stage(uris, options, args.dataset, args.data_dir, args.device)

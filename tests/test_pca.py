@@ -33,5 +33,7 @@ def test_removal_is_orthogonal_and_matches_the_gram_identity():
     # batch_reductions gives Grams K and projections q; K - q q^T is the Gram of the removed features.
     model = Lookup({"layer": x})
     k, q, _ = batch_reductions(model, ["layer"], index_images(50), directions=[v0])
+    k, q = k.double(), q.double()  # float32 products, as the analysis computes them
     expected = u_center(gram(removed)[None])
-    assert torch.allclose(u_center((k - q[:, :, None] * q[:, None, :])), expected, atol=1e-8)
+    got = u_center(k - q[:, :, None] * q[:, None, :])
+    assert (got - expected).abs().max() <= 1e-6 * k.abs().max()  # float32 rounding of K, nothing more

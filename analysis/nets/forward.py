@@ -16,11 +16,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import to_float
-from ..device import autocast
+from ..device import autocast, full_precision
 
-__all__ = ["tapped", "stream", "predict_logits", "evaluate"]
+__all__ = ["as_input", "tapped", "stream", "predict_logits", "evaluate"]
 
 OnOutput = Callable[[int, torch.Tensor, slice], None]
+
+
+def as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A uint8 batch as the nets take it: floats in [0, 1] on `device`, channels_last."""
+    return to_float(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager
@@ -57,10 +62,12 @@ def stream(
     batch_size: int = 1000,
     desc: str = "",
     progress: bool | None = False,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """One pass of `model` (BN in inference mode) over uint8 `images` in batches; for every layer
     in `names`, on_output(i, output, rows) with `rows` the batch's slice of `images`. Returns the
-    float32 logits (N, classes) on the model's device. `progress=None` shows a bar on a terminal."""
+    float32 logits (N, classes) on the model's device. Activations are float32 (TF32 off), or bf16
+    under autocast on CUDA with `bf16`. `progress=None` shows a bar on a terminal."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -68,25 +75,25 @@ def stream(
     hooks = tapped(model, names, lambda i, out: on_output(i, out, rows[0])) if names else contextlib.nullcontext()
     logits = []
     try:
-        with hooks, autocast(device):
+        with hooks, (autocast(device) if bf16 else full_precision()):
             starts = range(0, len(images), batch_size)
             for s in tqdm(starts, desc=desc, disable=None if progress is None else not progress, leave=False):
                 rows[0] = slice(s, s + batch_size)
-                x = to_float(images[rows[0]].to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-                logits.append(model(x).float())
+                logits.append(model(as_input(images[rows[0]], device)).float())
     finally:
         model.train(was_training)
     return torch.cat(logits)
 
 
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000, bf16: bool = False) -> torch.Tensor:
     """float32 logits (N, classes) on the model's device; BN in inference mode."""
-    return stream(model, images, batch_size=batch_size)
+    return stream(model, images, batch_size=batch_size, bf16=bf16)
 
 
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+             bf16: bool = False) -> dict[str, float]:
     """Mean cross-entropy and accuracy over the whole set."""
-    logits = predict_logits(model, images, batch_size)
+    logits = predict_logits(model, images, batch_size, bf16)
     labels = labels.to(logits.device)
     return {
         "loss": F.cross_entropy(logits, labels).item(),

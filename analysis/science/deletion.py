@@ -3,6 +3,10 @@
 Only blocks with an identity shortcut can go (a projection block changes the shape). A deleted
 block returns its input unchanged: the block computes relu(residual + x) with x already the
 output of a ReLU, so dropping the residual branch leaves exactly x.
+
+`deletion_accuracy` runs the blocks of each batch in order once; at every deletable block the
+rest of the network runs from that block's input, so deleting block k costs only the blocks
+after it: about half the work of running each deletion from the input image.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from typing import Iterator
 
 import torch
 
-from ..nets import ModelConfig, predict_logits, residual_blocks
+from ..device import autocast, full_precision
+from ..nets import ModelConfig, ResNet, as_input, residual_blocks
 
 __all__ = ["deleted", "deletion_accuracy"]
 
@@ -27,12 +32,28 @@ def deleted(model: torch.nn.Module, block: str) -> Iterator[None]:
         handle.remove()
 
 
-def deletion_accuracy(model: torch.nn.Module, config: ModelConfig, images: torch.Tensor, labels: torch.Tensor,
-                      batch_size: int = 1000) -> dict[str, float]:
+@torch.inference_mode()
+def deletion_accuracy(model: ResNet, config: ModelConfig, images: torch.Tensor, labels: torch.Tensor,
+                      batch_size: int = 1000, bf16: bool = False) -> dict[str, float]:
     """Accuracy with each deletable block removed in turn, keyed by block name ('stage2.block3')."""
-    out = {}
-    for block in residual_blocks(config, identity_only=True):
-        with deleted(model, block):
-            logits = predict_logits(model, images, batch_size)
-        out[block] = float((logits.argmax(1).cpu() == labels.cpu()).float().mean())
-    return out
+    order = residual_blocks(config)
+    blocks = [model.get_submodule(name) for name in order]
+    correct = dict.fromkeys(residual_blocks(config, identity_only=True), 0)
+    device = next(model.parameters()).device
+    labels = labels.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(device) if bf16 else full_precision():
+            for s in range(0, len(images), batch_size):
+                h = model.stem(as_input(images[s : s + batch_size], device))
+                for k, name in enumerate(order):
+                    if name in correct:
+                        z = h  # block k deleted: its output is its input
+                        for later in blocks[k + 1 :]:
+                            z = later(z)
+                        correct[name] += int((model.head(z).argmax(1) == labels[s : s + batch_size]).sum())
+                    h = blocks[k](h)
+    finally:
+        model.train(was_training)
+    return {name: count / len(images) for name, count in correct.items()}

@@ -32,7 +32,7 @@ __all__ = ["PC1", "estimate_pc1"]
 
 @dataclasses.dataclass
 class PC1:
-    directions: list[torch.Tensor]  # unit vector per layer (d,), float64, on the model's device
+    directions: list[torch.Tensor]  # unit vector per layer (d,), float32, on the model's device
     share: np.ndarray  # lambda_1 / total variance per layer
     residual: np.ndarray  # ||C v - lambda_1 v|| / lambda_1 per layer: 0 when converged
 
@@ -47,41 +47,46 @@ def estimate_pc1(
     block: int = 4,
     seed: int = 0,
     progress: bool | None = None,
+    bf16: bool = False,
 ) -> PC1:
     device = next(model.parameters()).device
     n_layers = len(names)
-    basis: list[torch.Tensor | None] = [None] * n_layers  # V per layer, (d, block)
-    shift: list[torch.Tensor | None] = [None] * n_layers  # first batch's mean, removed before accumulating
+    basis: list[torch.Tensor | None] = [None] * n_layers  # V per layer, (d, block), float64
+    shift: list[torch.Tensor | None] = [None] * n_layers  # first batch's mean (float32), removed before the products
     generator = torch.Generator().manual_seed(seed)
     n = len(images)
 
-    def one_pass(v: list[torch.Tensor | None]) -> tuple[list, list, list, list]:
-        cv = [None] * n_layers  # sum of X^T (X V)
-        total = [None] * n_layers  # sum of X
-        sq = [0.0] * n_layers  # sum of squares
+    def one_pass(v: list[torch.Tensor | None]) -> tuple[list, list, list]:
+        cv = [None] * n_layers  # sum of X^T (X V), float64
+        total = [None] * n_layers  # sum of X, float64
+        sq = [None] * n_layers  # sum of squares, a float64 scalar tensor (no host sync per batch)
+        v32: list[torch.Tensor | None] = [None if b is None else b.float() for b in v]
 
         def consume(i: int, out: torch.Tensor, _rows: slice) -> None:
-            x = out.flatten(1).to(torch.float64)
+            x = out.flatten(1).float()
             if shift[i] is None:
                 shift[i] = x.mean(0)
             x = x - shift[i]
             if v[i] is None:
                 q, _ = torch.linalg.qr(torch.randn(x.shape[1], block, generator=generator, dtype=torch.float64).to(device))
-                v[i] = q
-            xv = x @ v[i]
-            cv[i] = x.T @ xv if cv[i] is None else cv[i].addmm_(x.T, xv)
-            total[i] = x.sum(0) if total[i] is None else total[i].add_(x.sum(0))
-            sq[i] += float((x * x).sum())
+                v[i], v32[i] = q, q.float()
+            xv = x @ v32[i]
+            batch_cv, batch_sum, batch_sq = (x.T @ xv).double(), x.sum(0, dtype=torch.float64), torch.vdot(x.flatten(), x.flatten()).double()
+            if cv[i] is None:
+                cv[i], total[i], sq[i] = batch_cv, batch_sum, batch_sq
+            else:
+                cv[i] += batch_cv
+                total[i] += batch_sum
+                sq[i] += batch_sq
 
-        stream(model, images, names, consume, batch_size)
-        return v, cv, total, sq
+        stream(model, images, names, consume, batch_size, bf16=bf16)
+        return cv, total, sq
 
-    ritz = np.zeros(n_layers)
     residual = np.zeros(n_layers)
     share = np.zeros(n_layers)
     directions: list[torch.Tensor] = [None] * n_layers  # type: ignore[list-item]
     for _ in tqdm(range(iterations), desc="PC1 power iterations", disable=None if progress is None else not progress):
-        basis, cv, total, sq = one_pass(basis)
+        cv, total, sq = one_pass(basis)
         for i in range(n_layers):
             mean = total[i] / n
             c_v = cv[i] / n - torch.outer(mean, mean @ basis[i])  # covariance times V
@@ -90,11 +95,10 @@ def estimate_pc1(
             top = basis[i] @ vectors[:, -1]
             lam = float(values[-1])
             c_top = c_v @ vectors[:, -1]
-            ritz[i] = lam
             residual[i] = float(torch.linalg.norm(c_top - lam * top) / lam) if lam > 0 else np.inf
-            variance = sq[i] / n - float(mean @ mean)
+            variance = float(sq[i]) / n - float(mean @ mean)
             share[i] = lam / variance if variance > 0 else np.nan
-            directions[i] = top / torch.linalg.norm(top)
+            directions[i] = (top / torch.linalg.norm(top)).float()
             basis[i], _ = torch.linalg.qr(c_v)
     dead = [names[i] for i in range(n_layers) if not np.isfinite(share[i])]
     if dead:

@@ -67,24 +67,27 @@ def batch_reductions(
     names: Sequence[str],
     images: torch.Tensor,
     directions: Sequence[torch.Tensor] | None = None,
+    bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One forward pass over a batch of uint8 images, reduced per layer as it runs.
 
-    Returns (Grams (L, n, n) float64 of the batch-centred activations; with `directions`, the
+    Returns (Grams (L, n, n) float32 of the batch-centred activations; with `directions`, the
     projections (L, n) of those activations on each layer's unit direction, else None; logits).
+    Centring first keeps the float32 products well conditioned (post-ReLU means are large); the
+    U-centring and every sum after this are float64 (MinibatchCKA.update_grams).
     """
     device = next(model.parameters()).device
     n = len(images)
-    grams = torch.empty(len(names), n, n, dtype=torch.float64, device=device)
-    projections = None if directions is None else torch.empty(len(names), n, dtype=torch.float64, device=device)
+    grams = torch.empty(len(names), n, n, dtype=torch.float32, device=device)
+    projections = None if directions is None else torch.empty(len(names), n, dtype=torch.float32, device=device)
 
     def reduce(i: int, out: torch.Tensor, _rows: slice) -> None:
-        x = centred(out)
-        grams[i] = x @ x.T
+        x = centred(out, torch.float32)
+        torch.mm(x, x.T, out=grams[i])
         if projections is not None:
-            projections[i] = x @ directions[i]
+            torch.mv(x, directions[i].to(x.dtype), out=projections[i])
 
-    logits = stream(model, images, names, reduce, batch_size=n)
+    logits = stream(model, images, names, reduce, batch_size=n, bf16=bf16)
     return grams, projections, logits
 
 
@@ -99,6 +102,7 @@ def model_cka(
     model_labels: Sequence[str] | None = None,
     directions: Sequence[Sequence[torch.Tensor]] | None = None,
     progress: bool | None = None,
+    bf16: bool = False,
 ) -> ModelCKA:
     """CKA within and across `models` (each already on its device) over uint8 `images`.
     `directions[m][l]`: PC1 of model m's layer l, to also compute the PC1 variants."""
@@ -112,17 +116,17 @@ def model_cka(
     for k, index in enumerate(tqdm(batches, desc="CKA batches", disable=None if progress is None else not progress)):
         grams, projections = [], []
         for m, (model, names) in enumerate(zip(models, layer_names)):
-            g, q, logits = batch_reductions(model, names, images[index], None if directions is None else directions[m])
+            g, q, logits = batch_reductions(model, names, images[index], None if directions is None else directions[m], bf16)
             device = grams[0].device if grams else g.device
             grams.append(g.to(device))
             if q is not None:
                 projections.append(q.to(device))
             if k < per_pass:  # accuracy over the first pass, which sees each example at most once
                 correct[m] += int((logits.argmax(1).cpu() == targets[index]).sum())
-        grams = torch.cat(grams)
+        grams = torch.cat(grams).to(torch.float64)
         accumulators["cka"].update_grams(grams)
         if directions is not None:
-            q = torch.cat(projections)
+            q = torch.cat(projections).to(torch.float64)
             pc1_only = q[:, :, None] * q[:, None, :]
             accumulators["without_pc1"].update_grams(grams - pc1_only)
             accumulators["pc1_only"].update_grams(pc1_only)

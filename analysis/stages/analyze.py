@@ -91,11 +91,11 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
     pcs = None
     if "pc" in options.analyses:
         pcs = [estimate_pc1(m.model, names[i], images, options.batch_size, options.pc_iterations, seed=options.seed,
-                            progress=progress) for i, m in enumerate(models)]
+                            progress=progress, bf16=options.bf16) for i, m in enumerate(models)]
     joint = model_cka(
         [m.model for m in models], names, images, targets, batch_size=options.batch_size, passes=options.passes,
         seed=options.seed, model_labels=[m.label for m in models],
-        directions=None if pcs is None else [pc.directions for pc in pcs], progress=progress,
+        directions=None if pcs is None else [pc.directions for pc in pcs], progress=progress, bf16=options.bf16,
     )
     reports = []
     for i, m in enumerate(models):
@@ -116,10 +116,11 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
                     data.train_y, train_set, float(m.training.get("data_fraction", m.tags.get("data_fraction", 1))),
                     int(m.training.get("subset_seed", 0)), m.tags.get(c.SUBSET_HASH), options.probe_examples, m.uri)
                 probes = fit_probes(m.model, report.probe_names, data.train_x[index], data.train_y[index], data.num_classes,
-                                    pool=options.probe_pool, progress=progress)
-                report.probe_accuracy[train_set] = probe_accuracy(m.model, probes, images, targets, progress=progress)
+                                    pool=options.probe_pool, progress=progress, bf16=options.bf16)
+                report.probe_accuracy[train_set] = probe_accuracy(m.model, probes, images, targets, progress=progress,
+                                                                  bf16=options.bf16)
         if "deletion" in options.analyses:
-            report.deletion = deletion_accuracy(m.model, m.config, images, targets)
+            report.deletion = deletion_accuracy(m.model, m.config, images, targets, bf16=options.bf16)
         report.metrics.update(explanation_metrics(report))
         reports.append(report)
     return reports, joint
@@ -130,7 +131,7 @@ def _log(reports: Sequence[ModelReport], loaded: Sequence[LoadedModel], joint: M
     """Log into the active run (one model) or one child run per model plus the cross matrices."""
     common = {"num_examples": joint.num_examples, "batches": joint.batches, "passes": options.passes,
               "batch_size": options.batch_size, "layers": options.layers, "analyses": list(options.analyses),
-              "probe_pool": options.probe_pool}
+              "probe_pool": options.probe_pool, "precision": options.precision}
     mlflow.set_tag(c.ANALYSIS_MODELS, ",".join(m.uri for m in loaded))
     mlflow.log_param("analysed_examples", joint.num_examples)
     run_ids = []

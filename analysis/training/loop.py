@@ -164,7 +164,7 @@ def train(
         }
         # On small training subsets a full test pass can cost more than the epoch itself.
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            scores = evaluate(model, score_x, score_y, config.eval_batch_size)
+            scores = evaluate(model, score_x, score_y, config.eval_batch_size, bf16=True)
             metrics.update({f"{score_name}_loss": scores["loss"], f"{score_name}_accuracy": scores["accuracy"]})
         history.append(metrics)
         if checkpoint is not None:
@@ -176,7 +176,7 @@ def train(
     # for models that fit their training set, so it is reported beside every analysis.
     # A strided sample, since the subset is in (often class-sorted) index order.
     stride = math.ceil(n / CLEAN_TRAIN_EVAL_MAX)
-    clean = evaluate(model, train_x[::stride], train_y[::stride], config.eval_batch_size)
+    clean = evaluate(model, train_x[::stride], train_y[::stride], config.eval_batch_size, bf16=True)
     final = {
         f"{score_name}_accuracy": history[-1][f"{score_name}_accuracy"],  # the last epoch is always scored
         f"{score_name}_loss": history[-1][f"{score_name}_loss"],
