@@ -149,7 +149,7 @@ BLOCK_MIN_LAYERS = 4
 # Linear probes: ridge = PROBE_RIDGE x the layer's mean feature variance (scale-invariant); the
 # layers' normal equations are fitted in groups that fit PROBE_MEMORY_BYTES (science/probes.py).
 PROBE_RIDGE = 1e-3
-PROBE_MEMORY_BYTES = 1 << 30
+PROBE_MEMORY_BYTES = 1 << 29  # 512 MiB
 # Below this clean training accuracy a model has not fitted its training set, and an under-trained
 # ResNet looks like one big block (docs/cpu-study.md: a ResNet-110 that failed to train at lr 0.05
 # had "blocks" over 73% of its layers and a PC1 share of 0.99).
@@ -210,6 +210,7 @@ class StudyPreset:
     analysis: AnalysisOptions
     contrast: tuple[tuple[int, float], tuple[int, float]]  # (depth, width) of group A and group B
     description: str
+    workers: int = 1  # sweep processes training cells at once (several share one GPU well)
 
     def base_config(self, dataset: str, data_dir: str, device: str) -> TrainConfig:
         return TrainConfig(depth=self.grid.depths[0], width=self.grid.widths[0], data_fraction=self.grid.data_fractions[0],
@@ -230,6 +231,19 @@ STUDY_PRESETS = {p.name: p for p in (
         AnalysisOptions(ANALYSES, num_examples=1000, batch_size=250, passes=2, pc_iterations=4, probe_examples=1000),
         contrast=((20, 1.0), (56, 1.0)),
         description="ResNet-56 (deep) against ResNet-20 (control), width 1, on 2% of CIFAR-10, two seeds each"),
+    # One GPU, about 4 minutes of training (estimated, not yet run on a GPU), on the 1/16 of CIFAR-10
+    # (3,120 images) that benchmarks/prepare_gpu_check.sh copies out, with the paper's recipe: it
+    # trains on all the images it is given. A training step of ResNet-26 costs 0.33 GFLOP per image
+    # at width 1 and 21 at width 8 (training.step_flops_per_image): 2 seeds x 0.94 M images x 21.3
+    # GFLOP = 40 PFLOP, about 2.2 minutes at 30% of an H200's bf16 peak; the width-1 runs are bound
+    # by kernel launches and overlap with the wide ones (4 workers share the GPU).
+    StudyPreset(
+        "gpu", Grid(depths=(26,), widths=(1.0, 8.0), seeds=(0, 1), data_fractions=(1.0,)),
+        {"epochs": 300, "eval_every": 300},
+        AnalysisOptions(ANALYSES, num_examples=2000, batch_size=250, passes=2, pc_iterations=4, probe_examples=3125),
+        contrast=((26, 1.0), (26, 8.0)), workers=4,
+        description="ResNet-26 at widths 1 and 8, the paper's recipe on the data given (the GPU check: 1/16 of "
+                    "CIFAR-10), two seeds each, on one GPU"),
     StudyPreset(
         "paper", Grid(depths=(20, 56, 110), widths=(1.0, 2.0, 4.0, 8.0, 10.0), seeds=tuple(range(10)),
                       data_fractions=(1.0, 0.5, 0.25, 0.0625)),

@@ -30,12 +30,21 @@ from analysis.stages.analyze import analyze_models
 from analysis.store.model_files import LoadedModel
 
 
+PEAKS: list[float] = []  # each timed stage's own peak RSS, MiB
+
+
 def timed(fn):
+    """Run fn; its seconds, and its own peak RSS (the high-water mark is reset before, Linux only)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     start = time.perf_counter()
     out = fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return out, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    with open("/proc/self/status") as f:
+        PEAKS.append(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024)
+    return out, seconds
 
 
 def main() -> None:
@@ -68,6 +77,7 @@ def main() -> None:
             batch_reductions(model, names, images[index])
 
     forward_only()  # warm-up
+    PEAKS.clear()
     _, t_forward = timed(forward_only)
     _, t_grams = timed(grams_only)
     _, t_cka = timed(lambda: model_cka([model], [names], images, labels, args.batch_size, args.passes, progress=False))
@@ -80,17 +90,18 @@ def main() -> None:
                               batch_size=args.batch_size, passes=args.passes, pc_iterations=args.pc_iterations,
                               probe_examples=args.examples, probe_train="full")
     _, t_all = timed(lambda: analyze_models([loaded], data, options, progress=False))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(f"\nResNet-{args.depth} width {args.width:g}, {len(names)} layers, {args.examples} examples, "
           f"{len(batches)} batches of {args.batch_size}, device {device} ({torch.get_num_threads()} threads)\n")
-    print(f"{'stage':<44}{'seconds':>9}{'x forward':>11}{'x fwd+Grams':>13}")
-    rows = [("forward only", t_forward), ("forward + Grams (the CKA floor)", t_grams), ("cka", t_cka),
-            ("cka + pc (estimation + both variants)", t_pc_est + t_pc_cka), ("  of which PC1 estimation", t_pc_est),
-            ("every analysis (cka, pc, probes, deletion)", t_all)]
-    for name, t in rows:
-        print(f"{name:<44}{t:>9.2f}{t / t_forward:>11.2f}{t / t_grams:>13.2f}")
-    print(f"\npeak RSS {peak:.0f} MiB; Gram stack of one batch {len(names) * args.batch_size ** 2 * 8 / 2 ** 20:.0f} MiB")
+    forward_peak, grams_peak, cka_peak, est_peak, pc_cka_peak, all_peak = PEAKS
+    print(f"{'stage':<44}{'seconds':>9}{'x forward':>11}{'x fwd+Grams':>13}{'peak RSS MiB':>14}")
+    rows = [("forward only", t_forward, forward_peak), ("forward + Grams (the CKA floor)", t_grams, grams_peak),
+            ("cka", t_cka, cka_peak), ("cka + pc (estimation + both variants)", t_pc_est + t_pc_cka, max(est_peak, pc_cka_peak)),
+            ("  of which PC1 estimation", t_pc_est, est_peak), ("every analysis (cka, pc, probes, deletion)", t_all, all_peak)]
+    for name, t, peak in rows:
+        print(f"{name:<44}{t:>9.2f}{t / t_forward:>11.2f}{t / t_grams:>13.2f}{peak:>14.0f}")
+    print(f"\nprocess peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+          f"Gram stack of one batch {len(names) * args.batch_size ** 2 * 8 / 2 ** 20:.0f} MiB (float64)")
     if device.type == "cuda":
         print(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2 ** 20:.0f} MiB")
 

@@ -31,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from analysis.cka import MinibatchCKA
 from analysis.data import load_dataset, to_float
 from analysis.device import prepare_model, resolve_device
 from analysis.nets import ModelConfig, build_model, layer_names, stream
-from analysis.science.similarity import batch_reductions
+from analysis.science.similarity import batch_reductions, float64_cka
 
 ENGINES = ("widedeep", "pytorch-cka", "float64")
 
@@ -52,6 +53,7 @@ def peak_rss_mib() -> float:
 
 def setup(args) -> tuple[torch.nn.Module, list[str], list[torch.Tensor], torch.device, str]:
     torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)  # numpy/scipy BLAS pools too, so that no engine uses more cores
     device = resolve_device(args.device)
     torch.manual_seed(0)
     config = ModelConfig(args.depth, args.width)
@@ -75,16 +77,15 @@ def run_engine(engine: str, model, names, batches, device) -> np.ndarray:
             acc.update_grams(batch_reductions(model, names, x)[0].double())
         return acc.compute()
     if engine == "float64":
-        acc = MinibatchCKA(names)
-        for x in batches:
-            feats = [None] * len(names)
-            stream(model, x, names, lambda i, out, _rows: feats.__setitem__(i, out.clone()), batch_size=len(x))
-            acc.update(feats)  # float64 Grams and sums
-        return acc.compute()
-    from cka import compute_cka  # pytorch-cka
+        images = torch.cat(batches)
+        return float64_cka(model, names, images, list(torch.arange(len(images)).split(len(batches[0]))))
+    here = Path(__file__).resolve().parent  # this file is cka.py too: look past it for pytorch-cka's `cka`
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    from cka import compute_cka
 
-    inputs = [to_float(x).contiguous(memory_format=torch.channels_last) for x in batches]
-    return compute_cka(model, model, inputs, layers=names, device=device, progress=False)[0].double().cpu().numpy()
+    inputs = to_float(torch.cat(batches)).contiguous(memory_format=torch.channels_last)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs), batch_size=len(batches[0]))  # same batches
+    return compute_cka(model, model, loader, layers=names, device=device, progress=False)[0].double().cpu().numpy()
 
 
 def child(args) -> None:

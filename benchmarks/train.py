@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 from analysis.config import TrainConfig
 from analysis.data import ImageData, to_float
-from analysis.device import autocast, prepare_model, resolve_device
+from analysis.device import autocast, peak_flops, prepare_model, resolve_device
 from analysis.nets import build_model, decayed_parameters, evaluate
-from analysis.training import train
+from analysis.training import step_flops_per_image, train
 
 
 def synthetic_data(n: int, test: int) -> ImageData:
@@ -102,7 +102,9 @@ def main() -> None:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
         print(f"\n{args.examples} images per epoch, batch 128, device {device} ({torch.get_num_threads()} threads), "
               f"median of {args.repeats} alternating runs\n")
-        print(f"{'model':<12}{'channels_last':>14}{'compile':>9}{'bare img/s':>12}{'real img/s':>12}{'overhead':>10}{'evals s':>10}")
+        peak = peak_flops(device)
+        print(f"{'model':<12}{'channels_last':>14}{'compile':>9}{'bare img/s':>12}{'real img/s':>12}{'overhead':>10}{'evals s':>10}"
+              f"{'real MFU':>10}")
         for spec in args.models.split(","):
             depth, width = spec.split("x")
             for channels_last, compiled in variants:
@@ -116,8 +118,10 @@ def main() -> None:
                     real.append(r)
                     evals.append(e)
                 b, r = statistics.median(bare), statistics.median(real)
+                # model FLOP utilisation: achieved FLOP/s over the device's bf16 peak (GPUs of known peak only)
+                mfu = f"{r * step_flops_per_image(config.model_config(10), (3, 32, 32)) / peak:.1%}" if peak else "-"
                 print(f"{'ResNet-' + depth + ' w' + width:<12}{str(channels_last):>14}{str(compiled):>9}{b:>12.1f}{r:>12.1f}"
-                      f"{(b / r - 1) * 100:>9.1f}%{statistics.median(evals):>10.2f}")
+                      f"{(b / r - 1) * 100:>9.1f}%{statistics.median(evals):>10.2f}{mfu:>10}")
 
 
 if __name__ == "__main__":

@@ -48,8 +48,7 @@ def main(args: argparse.Namespace) -> None:
         work(args.mode, grid, base, url, name, parent, args.n_trials, args.val_fraction)
         return
     sweep_stage(args.mode, grid, base, url, name, args.workers, args.n_trials, args.val_fraction,
-                params={k: v for k, v in vars(args).items() if k != "storage"},
-                worker_command=["-m", "entrypoints.sweep", *sys.argv[1:]])
+                params={k: v for k, v in vars(args).items() if k != "storage"})
 
 
 if __name__ == "__main__":

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.cka import MinibatchCKA
 from analysis.data import load_dataset
-from analysis.nets import ModelConfig, build_model, layer_names, stream
+from analysis.nets import ModelConfig, build_model, layer_names
 from analysis.science.pca import estimate_pc1
-from analysis.science.similarity import model_cka, pass_batches
+from analysis.science.similarity import float64_cka, model_cka, pass_batches
 from tests.synthetic import Lookup, index_images, shared_pc_layers
 
 
@@ -58,16 +57,6 @@ def test_the_shared_forward_pass_gives_the_same_cka_as_separate_passes():
     np.testing.assert_allclose(together.within(1, "without_pc1"), alone_other.within(0, "without_pc1"), atol=1e-12)
 
 
-def float64_reference(model, names, images, batches) -> np.ndarray:
-    """CKA of the very same float32 activations, every Gram and sum in float64."""
-    reference = MinibatchCKA(names)
-    for index in batches:
-        feats = [None] * len(names)
-        stream(model, images[index], names, lambda i, out, _rows: feats.__setitem__(i, out.clone()), batch_size=len(index))
-        reference.update(feats)  # analysis.cka's float64 Grams
-    return reference.compute()
-
-
 def test_float32_grams_stay_within_1e_7_of_float64_on_real_activations(tiny_data, cache_root, monkeypatch):
     monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache_root))
     images = load_dataset("cifar10", tiny_data).test_x  # real CIFAR-10 images when the shared copy exists
@@ -77,7 +66,7 @@ def test_float32_grams_stay_within_1e_7_of_float64_on_real_activations(tiny_data
     names = layer_names(config)
     got = model_cka([model], [names], images, torch.zeros(len(images), dtype=torch.long), batch_size=25, passes=2,
                     progress=False)
-    expected = float64_reference(model, names, images, pass_batches(len(images), 25, 2, 0))
+    expected = float64_cka(model, names, images, pass_batches(len(images), 25, 2, 0))
     assert np.abs(got.within(0) - expected).max() <= 1e-7
 
 
@@ -90,5 +79,5 @@ def test_float32_grams_stay_within_1e_7_with_large_activation_offsets(offset):
     model = Lookup({k: v.float() for k, v in tables.items()})
     images, names = index_images(200), list(tables)
     got = model_cka([model], [names], images, torch.zeros(200, dtype=torch.long), batch_size=50, passes=1, progress=False)
-    expected = float64_reference(model, names, images, pass_batches(200, 50, 1, 0))
+    expected = float64_cka(model, names, images, pass_batches(200, 50, 1, 0))
     assert np.abs(got.within(0) - expected).max() <= 1e-7

@@ -113,3 +113,14 @@ def test_channels_last_is_skipped_on_the_cpu_only_where_torch_crashes():
     assert use_channels_last(True, narrow, cuda)
     assert use_channels_last(True, standard, cpu)
     assert not use_channels_last(False, standard, cpu)
+
+
+def test_training_step_flops_match_a_hand_count_of_resnet8():
+    from analysis.training import step_flops_per_image
+
+    # Multiply-accumulates per image of ResNet-8 at width 1 (convolutions and the linear head).
+    macs = {"stem": 32 * 32 * 16 * 27, "stage1": 2 * 32 * 32 * 16 * 144, "stage2": 16 * 16 * 32 * (144 + 288 + 16),
+            "stage3": 8 * 8 * 64 * (288 + 576 + 32), "logits": 64 * 10}
+    forward = 2 * sum(macs.values())
+    # Backward: the gradients of the weights and of the inputs (twice the forward), but the image needs none.
+    assert step_flops_per_image(ModelConfig(8, 1), (3, 32, 32)) == 3 * forward - 2 * macs["stem"]

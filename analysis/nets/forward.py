@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..data import to_float
 from ..device import autocast, full_precision
 
-__all__ = ["as_input", "tapped", "stream", "predict_logits", "evaluate"]
+__all__ = ["as_input", "flat_features", "tapped", "stream", "predict_logits", "evaluate"]
 
 OnOutput = Callable[[int, torch.Tensor, slice], None]
 
@@ -26,6 +26,15 @@ OnOutput = Callable[[int, torch.Tensor, slice], None]
 def as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A uint8 batch as the nets take it: floats in [0, 1] on `device`, channels_last."""
     return to_float(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+
+
+def flat_features(out: torch.Tensor) -> torch.Tensor:
+    """A layer's output as (n, features), features in memory order: a view, never a copy, for a
+    channels_last activation. Every reduction here is blind to the order of features (Grams) or
+    uses one order throughout (PC1 directions, probe weights), so nothing is lost."""
+    if out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last):
+        return out.permute(0, 2, 3, 1).reshape(len(out), -1)
+    return out.reshape(len(out), -1)
 
 
 @contextlib.contextmanager

@@ -41,11 +41,12 @@ def gram(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float64) -> to
     return x @ x.T
 
 
-def u_center(grams: torch.Tensor) -> torch.Tensor:
+def u_center(grams: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """U-centre a stack of Grams (..., n, n): zero the diagonal, remove row and column means with
-    the unbiased corrections, zero the diagonal again. Then HSIC1(K, L) = <U(K), U(L)> / (n(n-3))."""
+    the unbiased corrections, zero the diagonal again. Then HSIC1(K, L) = <U(K), U(L)> / (n(n-3)).
+    `inplace` overwrites `grams` instead of a copy (for a caller that has no further use of it)."""
     n = grams.shape[-1]
-    k = grams.clone()
+    k = grams if inplace else grams.clone()
     k.diagonal(dim1=-2, dim2=-1).zero_()
     means = k.sum(dim=-1) / (n - 2)
     means = means - means.sum(dim=-1, keepdim=True) / (2 * (n - 1))
@@ -102,21 +103,22 @@ class MinibatchCKA:
         grams_b = None if feats_b is None else torch.stack([gram(f) for f in feats_b])
         self.update_grams(grams_a, grams_b)
 
-    def update_grams(self, grams_a: torch.Tensor, grams_b: torch.Tensor | None = None) -> None:
-        """Add one batch given its Grams, stacked (L, n, n), float64 recommended."""
+    def update_grams(self, grams_a: torch.Tensor, grams_b: torch.Tensor | None = None, consume: bool = False) -> None:
+        """Add one batch given its Grams, stacked (L, n, n), float64 recommended. `consume`: float64
+        Grams the caller no longer needs are U-centred in place (saves a copy of the stack)."""
         n = grams_a.shape[-1]
         if n < MIN_BATCH:
             raise ValueError(f"a minibatch of {n} examples is too small for unbiased HSIC; use batch_size >= {MIN_BATCH}")
         if grams_b is not None and grams_b.shape[-1] != n:
             raise ValueError(f"model A saw {n} examples and model B {grams_b.shape[-1]}; pass the same batch to both")
-        ua = u_center(grams_a.to(torch.float64)).flatten(1)
+        ua = u_center(grams_a.to(torch.float64), inplace=consume).flatten(1)
         scale = 1.0 / (n * (n - 3))
         if grams_b is None:
             cross = (ua @ ua.T) * scale  # all layer pairs in one product
             self_a = cross.diagonal().clone()
             self_b = self_a
         else:
-            ub = u_center(grams_b.to(torch.float64)).flatten(1)
+            ub = u_center(grams_b.to(torch.float64), inplace=consume).flatten(1)
             cross = (ua @ ub.T) * scale
             self_a = (ua * ua).sum(1) * scale
             self_b = (ub * ub).sum(1) * scale

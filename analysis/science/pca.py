@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..nets import stream
+from ..nets import flat_features, stream
 
 __all__ = ["PC1", "estimate_pc1"]
 
@@ -51,55 +51,60 @@ def estimate_pc1(
 ) -> PC1:
     device = next(model.parameters()).device
     n_layers = len(names)
-    basis: list[torch.Tensor | None] = [None] * n_layers  # V per layer, (d, block), float64
-    shift: list[torch.Tensor | None] = [None] * n_layers  # first batch's mean (float32), removed before the products
-    generator = torch.Generator().manual_seed(seed)
     n = len(images)
+    # Per layer, kept between passes: a shift (the first batch's mean, removed before the products,
+    # so no large mean is squared), the basis V (d, block) and X^T X V, all float32 (orthonormal
+    # columns, and sums of a few float32 products), and float64 column sums and sums of squares.
+    # They are views into a few buffers allocated before any pass: long-lived small allocations
+    # made between the per-batch temporaries fragment the heap (a second call peaked at 4.3 GiB
+    # instead of 0.9 for a ResNet-110 before this).
+    widths = [0] * n_layers
+    stream(model, images[:2], names, lambda i, out, _rows: widths.__setitem__(i, flat_features(out).shape[1]), bf16=bf16)
+    bounds = np.concatenate([[0], np.cumsum(widths)]).tolist()
+    shift_all, started = torch.empty(bounds[-1], device=device), [False] * n_layers
+    basis_all = torch.empty(bounds[-1], block, device=device)
+    cv_all = torch.empty(bounds[-1], block, device=device)
+    total_all = torch.empty(bounds[-1], dtype=torch.float64, device=device)
+    sq = torch.empty(n_layers, dtype=torch.float64, device=device)
+    views = [slice(bounds[i], bounds[i + 1]) for i in range(n_layers)]
+    shift, basis, cv, total = ([buffer[v] for v in views] for buffer in (shift_all, basis_all, cv_all, total_all))
+    generator = torch.Generator().manual_seed(seed)
+    for i in range(n_layers):
+        basis[i].copy_(torch.linalg.qr(torch.randn(widths[i], block, generator=generator, dtype=torch.float64))[0])
 
-    def one_pass(v: list[torch.Tensor | None]) -> tuple[list, list, list]:
-        cv = [None] * n_layers  # sum of X^T (X V), float64
-        total = [None] * n_layers  # sum of X, float64
-        sq = [None] * n_layers  # sum of squares, a float64 scalar tensor (no host sync per batch)
-        v32: list[torch.Tensor | None] = [None if b is None else b.float() for b in v]
-
-        def consume(i: int, out: torch.Tensor, _rows: slice) -> None:
-            x = out.flatten(1).float()
-            if shift[i] is None:
-                shift[i] = x.mean(0)
-            x = x - shift[i]
-            if v[i] is None:
-                q, _ = torch.linalg.qr(torch.randn(x.shape[1], block, generator=generator, dtype=torch.float64).to(device))
-                v[i], v32[i] = q, q.float()
-            xv = x @ v32[i]
-            batch_cv, batch_sum, batch_sq = (x.T @ xv).double(), x.sum(0, dtype=torch.float64), torch.vdot(x.flatten(), x.flatten()).double()
-            if cv[i] is None:
-                cv[i], total[i], sq[i] = batch_cv, batch_sum, batch_sq
-            else:
-                cv[i] += batch_cv
-                total[i] += batch_sum
-                sq[i] += batch_sq
-
-        stream(model, images, names, consume, batch_size, bf16=bf16)
-        return cv, total, sq
+    def consume(i: int, out: torch.Tensor, _rows: slice) -> None:
+        x = flat_features(out).float()
+        if not started[i]:
+            shift[i].copy_(x.mean(0))
+            started[i] = True
+        x = x - shift[i]
+        xv1 = torch.cat([x @ basis[i], torch.ones(len(x), 1, device=x.device)], 1)
+        product = x.T @ xv1  # X^T X V and, in its last column, the column sums: one read of x
+        cv[i] += product[:, :-1]
+        total[i] += product[:, -1]
+        sq[i] += torch.vdot(x.flatten(), x.flatten())
 
     residual = np.zeros(n_layers)
     share = np.zeros(n_layers)
     directions: list[torch.Tensor] = [None] * n_layers  # type: ignore[list-item]
     for _ in tqdm(range(iterations), desc="PC1 power iterations", disable=None if progress is None else not progress):
-        cv, total, sq = one_pass(basis)
-        for i in range(n_layers):
+        for buffer in (cv_all, total_all, sq):
+            buffer.zero_()
+        stream(model, images, names, consume, batch_size, bf16=bf16)
+        for i in range(n_layers):  # Rayleigh-Ritz on span(V), in float64, one layer at a time
+            v = basis[i].double()
             mean = total[i] / n
-            c_v = cv[i] / n - torch.outer(mean, mean @ basis[i])  # covariance times V
-            h = basis[i].T @ c_v  # Rayleigh-Ritz on span(V)
+            c_v = cv[i].double() / n - torch.outer(mean, mean @ v)  # covariance times V
+            h = v.T @ c_v
             values, vectors = torch.linalg.eigh((h + h.T) / 2)
-            top = basis[i] @ vectors[:, -1]
+            top = v @ vectors[:, -1]
             lam = float(values[-1])
             c_top = c_v @ vectors[:, -1]
             residual[i] = float(torch.linalg.norm(c_top - lam * top) / lam) if lam > 0 else np.inf
             variance = float(sq[i]) / n - float(mean @ mean)
             share[i] = lam / variance if variance > 0 else np.nan
             directions[i] = (top / torch.linalg.norm(top)).float()
-            basis[i], _ = torch.linalg.qr(c_v)
+            basis[i].copy_(torch.linalg.qr(c_v)[0])
     dead = [names[i] for i in range(n_layers) if not np.isfinite(share[i])]
     if dead:
         raise ValueError(f"layer(s) {', '.join(dead[:5])} have zero variance over the examples; PC1 is undefined")

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PROBE_MEMORY_BYTES, PROBE_RIDGE
-from ..nets import ModelConfig, residual_blocks, stream
+from ..device import release_memory
+from ..nets import ModelConfig, flat_features, residual_blocks, stream
 
 __all__ = ["LinearProbes", "probe_layers", "fit_probes", "probe_accuracy"]
 
@@ -39,7 +40,7 @@ def pooled(out: torch.Tensor, pool: int) -> torch.Tensor:
     """The probe's features of a layer's output: max-pooled, flattened, float32."""
     if out.ndim == 4 and pool > 1:
         out = F.max_pool2d(out, pool)
-    return out.flatten(1).float()
+    return flat_features(out).float()
 
 
 @dataclasses.dataclass
@@ -133,6 +134,7 @@ def fit_probes(
                 mean = shift[k].double() + centre
             weights[i] = w.float()
             biases[i] = (ymean - mean @ w).float()
+        release_memory()  # this group's accumulators, before the next group's
     return LinearProbes(list(names), weights, biases, pool)
 
 

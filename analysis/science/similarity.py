@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..nets import stream
-from .cka import MIN_BATCH, MinibatchCKA, centred
+from ..nets import flat_features, stream
+from .cka import MIN_BATCH, MinibatchCKA
 
-__all__ = ["VARIANTS", "ModelCKA", "pass_batches", "batch_reductions", "model_cka"]
+__all__ = ["VARIANTS", "ModelCKA", "pass_batches", "batch_reductions", "model_cka", "float64_cka"]
 
 VARIANTS = ("cka", "without_pc1", "pc1_only")
 
@@ -82,7 +82,8 @@ def batch_reductions(
     projections = None if directions is None else torch.empty(len(names), n, dtype=torch.float32, device=device)
 
     def reduce(i: int, out: torch.Tensor, _rows: slice) -> None:
-        x = centred(out, torch.float32)
+        x = flat_features(out).float()
+        x = x - x.mean(0)  # the one copy of the activation
         torch.mm(x, x.T, out=grams[i])
         if projections is not None:
             torch.mv(x, directions[i].to(x.dtype), out=projections[i])
@@ -124,12 +125,12 @@ def model_cka(
             if k < per_pass:  # accuracy over the first pass, which sees each example at most once
                 correct[m] += int((logits.argmax(1).cpu() == targets[index]).sum())
         grams = torch.cat(grams).to(torch.float64)
-        accumulators["cka"].update_grams(grams)
-        if directions is not None:
+        accumulators["cka"].update_grams(grams, consume=directions is None)
+        if directions is not None:  # one stack of Grams at a time besides `grams`: K - qq^T in place
             q = torch.cat(projections).to(torch.float64)
             pc1_only = q[:, :, None] * q[:, None, :]
-            accumulators["without_pc1"].update_grams(grams - pc1_only)
-            accumulators["pc1_only"].update_grams(pc1_only)
+            accumulators["without_pc1"].update_grams(grams.sub_(pc1_only), consume=True)
+            accumulators["pc1_only"].update_grams(pc1_only, consume=True)
     first_pass = sum(len(b) for b in batches[:per_pass])
     return ModelCKA(
         names=[list(n) for n in layer_names],
@@ -138,3 +139,15 @@ def model_cka(
         batches=len(batches),
         num_examples=len(images),
     )
+
+
+def float64_cka(model: torch.nn.Module, names: Sequence[str], images: torch.Tensor,
+                batches: Sequence[torch.Tensor]) -> np.ndarray:
+    """The within-model CKA of the same activations over the same `batches` of `images`, every
+    Gram, product and sum in float64: the yardstick for the engine's precision (tests, benchmarks)."""
+    acc = MinibatchCKA(names)
+    for index in batches:
+        feats: list = [None] * len(names)
+        stream(model, images[index], names, lambda i, out, _rows: feats.__setitem__(i, out.clone()), batch_size=len(index))
+        acc.update(feats)
+    return acc.compute()

@@ -50,7 +50,7 @@ def study_stage(p: StudyPreset, dataset: str, data_dir: str, device: str, storag
         started = time.perf_counter()
         base = p.base_config(dataset, data_dir, device)
         log(f"[1/5] sweep: {p.grid.size} cells")
-        sweep_stage("grid", p.grid, base, storage_url, f"study-{p.name}-{default_study_name(p.grid, base)}")
+        sweep_stage("grid", p.grid, base, storage_url, f"study-{p.name}-{default_study_name(p.grid, base)}", p.workers)
         versions = {}
         for cell in p.grid.cells():
             v = registered_version(dataclasses.replace(base, **cell), run.info.experiment_id)

@@ -144,10 +144,24 @@ def work(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, parent: 
         study.optimize(search_objective(base, parent, val_fraction), n_trials=n_trials)
 
 
+def worker_command(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, n_trials: int,
+                   val_fraction: float) -> list[str]:
+    """The sweep entry point's arguments for a helper worker of this very sweep."""
+    def values(xs: Sequence) -> str:
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in xs)
+
+    return ["-m", "entrypoints.sweep", "--mode", mode, "--depths", values(grid.depths), "--widths", values(grid.widths),
+            "--seeds", values(grid.seeds), "--data_fractions", values(grid.data_fractions), "--storage", url,
+            "--study", name, "--n_trials", str(n_trials), "--val_fraction", str(val_fraction), "--epochs", str(base.epochs),
+            "--batch_size", str(base.batch_size), "--lr", repr(base.lr), "--momentum", repr(base.momentum),
+            "--weight_decay", repr(base.weight_decay), "--dataset", base.dataset, "--data_dir", base.data_dir,
+            "--device", base.device, "--eval_every", str(base.eval_every), "--compile", str(base.compile).lower()]
+
+
 def sweep_stage(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, workers: int = 1, n_trials: int = 20,
-                val_fraction: float = 0.1, params: dict | None = None, worker_command: Sequence[str] = ()) -> str:
-    """The sweep run: create the study once, start `workers - 1` helper processes running
-    `worker_command` (the same sweep command), work, wait, and count the trials. Returns its run id."""
+                val_fraction: float = 0.1, params: dict | None = None) -> str:
+    """The sweep run: create the study once, start `workers - 1` helper processes of the same
+    sweep, work, wait, and count the trials. Returns its run id."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
     if workers < 1:
@@ -160,7 +174,8 @@ def sweep_stage(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, w
         if mode == "setup":
             print(f"study {name!r} ready in {redact(url)}; start workers with -P study={name}")
             return run.info.run_id
-        helpers = _start_helpers(workers - 1, run.info.run_id, worker_command)
+        helpers = _start_helpers(workers - 1, run.info.run_id,
+                                 worker_command(mode, grid, base, url, name, n_trials, val_fraction))
         try:
             work(mode, grid, base, url, name, run.info.run_id, n_trials, val_fraction)
         finally:

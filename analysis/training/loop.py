@@ -24,15 +24,16 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data import ImageData, augment, indices_hash, subset_indices
-from ..device import autocast, prepare_model, resolve_device
+from ..device import autocast, peak_flops, prepare_model, resolve_device
 from ..nets import ModelConfig, ResNet, build_model, decayed_parameters, evaluate
 from . import checkpoints
 
-__all__ = ["TrainResult", "train", "cosine_lr", "use_channels_last"]
+__all__ = ["TrainResult", "train", "cosine_lr", "use_channels_last", "step_flops_per_image"]
 
 CLEAN_TRAIN_EVAL_MAX = 10_000  # examples of the training subset scored without augmentation at the end
 
@@ -57,6 +58,15 @@ CPU_CHANNELS_LAST_MIN_CHANNELS = 8
 def use_channels_last(wanted: bool, model: ModelConfig, device: torch.device) -> bool:
     """Whether training runs in channels_last: as `wanted`, except where the CPU bug above bites."""
     return wanted and (device.type != "cpu" or model.channels(1) >= CPU_CHANNELS_LAST_MIN_CHANNELS)
+
+
+def step_flops_per_image(model_config: ModelConfig, image_shape: tuple[int, ...]) -> float:
+    """FLOPs of one training step (forward and backward) per image, counted by torch's
+    FlopCounterMode on a copy of the network on the meta device: no memory, no side effects."""
+    model = build_model(model_config).to("meta")
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(2, *image_shape, device="meta")).sum().backward()
+    return counter.get_total_flops() / 2
 
 
 def cosine_lr(step: int, total_steps: int, base_lr: float) -> float:
@@ -117,6 +127,8 @@ def train(
         if on_epoch:
             on_epoch(epoch, metrics)
 
+    peak = peak_flops(device)  # model FLOP utilisation is logged on GPUs of known peak
+    flops_per_image = step_flops_per_image(model_config, tuple(train_x.shape[1:])) if peak else 0.0
     forward = torch.compile(model) if config.compile else model  # shares the parameters of `model`
     steps_per_epoch = n // config.batch_size  # the remainder is dropped; reshuffled every epoch
     total_steps = config.epochs * steps_per_epoch
@@ -162,6 +174,8 @@ def train(
             "images_per_sec": seen / seconds,
             "epoch_seconds": seconds,
         }
+        if peak:
+            metrics["mfu"] = seen / seconds * flops_per_image / peak
         # On small training subsets a full test pass can cost more than the epoch itself.
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             scores = evaluate(model, score_x, score_y, config.eval_batch_size, bf16=True)

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The GPU check: one command that proves training, CKA and the paper's contrast on a GPU and
+# writes docs/gpu-results.md (date, GPU, torch, and every section's output). About 9 minutes on
+# one H200 from a bare machine. From the repository root:
+#
+#   bash benchmarks/gpu_check.sh              # on a machine with CUDA
+#   bash benchmarks/gpu_check.sh --dry-run    # the same steps on the CPU with tiny sizes (CI runs this)
+#
+# Python packages: the project's own environment, or, on a machine without mlflow and optuna
+# (and no network), the wheels that `bash benchmarks/prepare_gpu_check.sh` put in .gpu/wheels,
+# installed here into a private folder; the project itself is used from the checkout. Data: the
+# 1/16 CIFAR-10 folder that script puts in .gpu/cifar10, unless WIDEDEEP_DATA_DIR is set.
+#   a. the `cuda` tests: every entry point once on the device, CKA on the device against the
+#      CPU's float64, bf16 close to float32; then the precision of each engine, measured;
+#   b. the training loop against a bare step, images/s and model FLOP utilisation;
+#   c. the CKA engine against pytorch-cka on the same layers and batches;
+#   d. the `gpu` study preset: a narrow and a wide ResNet on 1/16 of CIFAR-10 with the paper's
+#      recipe, analysed with PC1; its per-model numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+dry=false
+[ "${1:-}" = "--dry-run" ] && dry=true
+
+python=${PYTHON:-python3}
+if ! "$python" -c "import mlflow, optuna" 2>/dev/null; then
+  [ -d .gpu/wheels ] || { echo "mlflow and optuna are missing: run benchmarks/prepare_gpu_check.sh where pip works" >&2; exit 1; }
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/widedeep-site .gpu/wheels/*.whl
+  export PYTHONPATH=/tmp/widedeep-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -z "${WIDEDEEP_DATA_DIR:-}" ] && [ -d .gpu/cifar10 ]; then export WIDEDEEP_DATA_DIR=$repo/.gpu/cifar10; fi
+export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+if $dry; then
+  device=cpu preset=smoke out=${GPU_CHECK_OUT:-$work/gpu-results.md}
+  precision_args="--depth 8 --width 0.5 --examples 100 --batch-size 50"
+  train_args="--models 8x0.5 --examples 256 --test-examples 100 --repeats 1"
+  cka_args="--depth 8 --width 0.5 --batches 1 --batch-size 64 --repeats 1 --threads 2"
+else
+  device=cuda preset=gpu out=${GPU_CHECK_OUT:-docs/gpu-results.md}
+  precision_args="--depth 56 --examples 1024"
+  train_args="--models 20x1,56x1,20x8 --examples 25600 --test-examples 10000 --repeats 3"
+  cka_args="--depth 56 --layers all --batches 4 --threads 16"
+fi
+gpu=$("$python" -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'none (CPU dry run)')")
+
+section() { printf '\n## %s\n\n```\n' "$1"; }
+end() { printf '```\n'; }
+{
+  echo "# GPU check results"
+  echo
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'); device $device: $gpu; torch $("$python" -c 'import torch; print(torch.__version__)'); $(git rev-parse --short HEAD 2>/dev/null || echo 'no git')"
+  echo "Produced by \`bash benchmarks/gpu_check.sh$($dry && echo ' --dry-run')\`."
+
+  section "a. cuda tests on $device, and the precision of each engine"
+  WIDEDEEP_TEST_DEVICE=$device "$python" -m pytest -q -m cuda -p no:cacheprovider -W ignore tests/test_gpu.py 2>&1 | tail -n 5
+  "$python" benchmarks/precision.py --device "$device" $precision_args 2>&1
+  end
+
+  section "b. training loop against the bare step"
+  "$python" benchmarks/train.py --device "$device" $train_args 2>&1
+  end
+
+  section "c. the CKA engine against pytorch-cka"
+  "$python" benchmarks/cka.py --device "$device" $cka_args 2>&1
+  end
+
+  section "d. study preset '$preset' on $device"
+  (cd "$work" && MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" \
+    "$python" -m entrypoints.study --preset "$preset" --device "$device" --storage "sqlite:///$work/optuna.db" \
+    --out "$work/report" 2>&1 | grep -v "^\s*$" | tail -n 8)
+  "$python" - "$work/report/comparison/models.csv" <<'EOF'
+import sys
+import pandas as pd
+cols = ["depth", "width", "seed", "train_accuracy", "test_accuracy", "block_count", "block_largest_frac", "block_mean_cka",
+        "block_mean_cka_without_pc1", "pc1_share_in_block", "pc1_share_outside"]
+rows = pd.read_csv(sys.argv[1])
+print(rows[[c for c in cols if c in rows]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+EOF
+  end
+} 2>&1 | tee "$out"
+echo "written: $out"

@@ -1,0 +1,71 @@
+"""What the GPU check (benchmarks/gpu_check.sh) asserts on its device: every entry point once,
+CKA on the device against the CPU's float64, and bf16 activations close to float32.
+
+The device is $WIDEDEEP_TEST_DEVICE (default cuda: skipped on a machine without one); the check's
+--dry-run runs these same tests on the CPU, in CI, so that they never rot."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.device import peak_flops
+from analysis.nets import ModelConfig, build_model, layer_names
+from analysis.science.similarity import float64_cka, model_cka, pass_batches
+from entrypoints import analyze, compare, predictions, study, sweep, train
+from entrypoints.common import run_main
+from tests.fake_store import runs_of
+
+DEVICE = os.environ.get("WIDEDEEP_TEST_DEVICE", "cuda")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
+                                                   reason="no CUDA device; `bash benchmarks/gpu_check.sh --dry-run` runs these on the CPU")]
+TINY = ["--epochs", "2", "--batch_size", "50", "--device", DEVICE]
+
+
+def entry(module, *argv: str) -> int:
+    return run_main(lambda: module.main(module.parse_args(list(argv))))
+
+
+def test_every_entry_point_runs_once_on_the_device(store):
+    optuna_db = f"sqlite:///{store / 'optuna.db'}"
+    assert entry(sweep, "--depths", "8", "--widths", "0.25,0.5", "--seeds", "0,1", "--storage", optuna_db, *TINY) == 0
+    assert entry(train, "--depth", "8", "--width", "0.25", "--seed", "2", *TINY) == 0
+    assert entry(analyze, "--search", "tags.depth='8'", "--num_examples", "60", "--batch_size", "20", "--passes", "1",
+                 "--analyses", "cka,pc,probes,deletion", "--probe_examples", "100", "--device", DEVICE) == 0
+    assert entry(compare) == 0
+    assert entry(predictions, "--group_a", "name='cifar10-resnet8-w0.25'", "--group_b", "name='cifar10-resnet8-w0.5'",
+                 "--permutations", "99", "--device", DEVICE) == 0
+    assert entry(study, "--preset", "smoke", "--device", DEVICE, "--storage", optuna_db, "--out", str(store / "report")) == 0
+    for kind in ("sweep", "train", "analyze", "compare", "predictions", "study"):
+        assert runs_of(kind, "FINISHED"), f"no finished {kind} run"
+    trained = runs_of("train", "FINISHED")
+    assert {r.data.params["device"] for r in trained} == {DEVICE}
+    if peak_flops(torch.device(DEVICE)):  # model FLOP utilisation on GPUs of known peak
+        assert all(0 < r.data.metrics["mfu"] < 1 for r in trained)
+    assert (store / "report" / "report.html").exists()
+
+
+def cka_inputs(images: int = 200):
+    torch.manual_seed(0)
+    config = ModelConfig(14, 0.5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return build_model(config).eval(), layer_names(config), x
+
+
+def test_cka_on_the_device_matches_the_cpus_float64_within_1e_6():
+    model, names, images = cka_inputs()
+    on_device = model_cka([model.to(DEVICE)], [names], images, torch.zeros(len(images), dtype=torch.long), batch_size=50,
+                          passes=1, progress=False).within(0)
+    reference = float64_cka(model.cpu(), names, images, pass_batches(len(images), 50, 1, 0))
+    assert np.abs(on_device - reference).max() <= 1e-6
+
+
+def test_bf16_activations_stay_close_to_float32():
+    model, names, images = cka_inputs()
+    model = model.to(DEVICE)
+    labels = torch.zeros(len(images), dtype=torch.long)
+    full = model_cka([model], [names], images, labels, batch_size=50, passes=1, progress=False).within(0)
+    half = model_cka([model], [names], images, labels, batch_size=50, passes=1, progress=False, bf16=True).within(0)
+    assert np.abs(half - full).max() < 0.05  # measured and reported by benchmarks/precision.py
