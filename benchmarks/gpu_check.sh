@@ -69,7 +69,7 @@ end() { printf '```\n'; }
   end
 
   section "d. study preset '$preset' on $device"
-  (cd "$work" && MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" \
+  (cd "$work" && MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" PYTHONWARNINGS=ignore \
     "$python" -m entrypoints.study --preset "$preset" --device "$device" --storage "sqlite:///$work/optuna.db" \
     --out "$work/report" 2>&1 | grep -v "^\s*$" | tail -n 8)
   "$python" - "$work/report/comparison/models.csv" <<'EOF'
