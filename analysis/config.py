@@ -25,6 +25,7 @@ __all__ = [
     "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
 
+
 def _check(obj, checks: list[tuple[bool, str, str]]) -> None:
     """Raise for the first failed check, naming the field, its value and what is allowed."""
     for ok, name, allowed in checks:
