@@ -20,7 +20,7 @@ from .data import DATASETS
 from .nets import ModelConfig
 
 __all__ = [
-    "PRESET_EPOCHS", "DEVICES", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS",
+    "PRESET_EPOCHS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS",
     "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "PROBE_MEMORY_BYTES", "FITS_TRAINING_SET",
     "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
@@ -36,6 +36,7 @@ def _check(obj, checks: list[tuple[bool, str, str]]) -> None:
 # --- training -------------------------------------------------------------------------------
 PRESET_EPOCHS = {"quick": 2, "paper": 300}
 DEVICES = ("auto", "cpu", "cuda")
+CLEAN_TRAIN_EVAL_MAX = 10_000  # training examples scored without augmentation at the end (train_accuracy)
 
 
 @dataclasses.dataclass(frozen=True)

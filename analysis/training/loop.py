@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
+from ..config import CLEAN_TRAIN_EVAL_MAX, TrainConfig
 from ..data import ImageData, augment, indices_hash, subset_indices
 from ..device import autocast, peak_flops, prepare_model, resolve_device
 from ..nets import ModelConfig, ResNet, build_model, decayed_parameters, evaluate
@@ -35,7 +35,6 @@ from . import checkpoints
 
 __all__ = ["TrainResult", "train", "cosine_lr", "use_channels_last", "step_flops_per_image"]
 
-CLEAN_TRAIN_EVAL_MAX = 10_000  # examples of the training subset scored without augmentation at the end
 
 
 @dataclasses.dataclass
