@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
 import torch
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -72,8 +75,24 @@ def register(
         client.log_model_artifacts(logged.model_id, tmp)
         mlflow.finalize_logged_model(logged.model_id, "READY")
     version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=tags)
-    client.set_registered_model_alias(name, NEWEST_ALIAS, version.version)
+    point_newest_alias(name)
     return version
+
+
+def point_newest_alias(name: str, attempts: int = 5) -> None:
+    """Point alias `newest` at the highest version of `name`. Trainings registering at once race
+    on the alias row (PostgreSQL: a unique-key violation for the loser): every writer retries with
+    the highest version it then sees, so all converge on the newest."""
+    client = MlflowClient()
+    for attempt in range(attempts):
+        newest = max(int(v.version) for v in find_versions(name))
+        try:
+            client.set_registered_model_alias(name, NEWEST_ALIAS, str(newest))
+            return
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random() * 0.5 * 2**attempt)
 
 
 def write_model_files(directory: Path, model: torch.nn.Module, config: ModelConfig, training: dict) -> None:
