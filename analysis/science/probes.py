@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PROBE_MEMORY_BYTES, PROBE_RIDGE
-from ..device import release_memory
 from ..nets import ModelConfig, flat_features, residual_blocks, stream
 
 __all__ = ["LinearProbes", "probe_layers", "fit_probes", "probe_accuracy"]
@@ -134,7 +133,6 @@ def fit_probes(
                 mean = shift[k].double() + centre
             weights[i] = w.float()
             biases[i] = (ymean - mean @ w).float()
-        release_memory()  # this group's accumulators, before the next group's
     return LinearProbes(list(names), weights, biases, pool)
 
 

@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 
 from ..config import AnalysisOptions
 from ..data import ImageData, load_dataset
-from ..device import release_memory, resolve_device
+from ..device import resolve_device
 from ..nets import layer_names
 from ..render import write_heatmap, write_matrix, write_model_report
 from ..science.blocks import find_blocks
@@ -92,13 +92,11 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
     if "pc" in options.analyses:
         pcs = [estimate_pc1(m.model, names[i], images, options.batch_size, options.pc_iterations, seed=options.seed,
                             progress=progress, bf16=options.bf16) for i, m in enumerate(models)]
-    release_memory()
     joint = model_cka(
         [m.model for m in models], names, images, targets, batch_size=options.batch_size, passes=options.passes,
         seed=options.seed, model_labels=[m.label for m in models],
         directions=None if pcs is None else [pc.directions for pc in pcs], progress=progress, bf16=options.bf16,
     )
-    release_memory()
     reports = []
     for i, m in enumerate(models):
         found = find_blocks(joint.within(i), names[i])
@@ -121,7 +119,6 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
                                     pool=options.probe_pool, progress=progress, bf16=options.bf16)
                 report.probe_accuracy[train_set] = probe_accuracy(m.model, probes, images, targets, progress=progress,
                                                                   bf16=options.bf16)
-                release_memory()
         if "deletion" in options.analyses:
             report.deletion = deletion_accuracy(m.model, m.config, images, targets, bf16=options.bf16)
         report.metrics.update(explanation_metrics(report))
