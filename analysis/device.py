@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["resolve_device", "autocast", "full_precision", "prepare_model", "peak_flops"]
+__all__ = ["resolve_device", "autocast", "full_precision", "activation_precision", "prepare_model", "peak_flops"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -42,6 +42,11 @@ def full_precision() -> Iterator[None]:
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
         torch.set_float32_matmul_precision(saved[2])
+
+
+def activation_precision(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """How an analysis computes activations: bf16 autocast (CUDA only) with `bf16`, else true float32."""
+    return autocast(device) if bf16 else full_precision()
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: bool = True) -> torch.nn.Module:

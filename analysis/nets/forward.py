@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import to_float
-from ..device import autocast, full_precision
+from ..device import activation_precision
 
-__all__ = ["as_input", "flat_features", "tapped", "stream", "predict_logits", "evaluate"]
+__all__ = ["as_input", "flat_features", "tapped", "stream", "feature_widths", "predict_logits", "evaluate"]
 
 OnOutput = Callable[[int, torch.Tensor, slice], None]
 
@@ -84,7 +84,7 @@ def stream(
     hooks = tapped(model, names, lambda i, out: on_output(i, out, rows[0])) if names else contextlib.nullcontext()
     logits = []
     try:
-        with hooks, (autocast(device) if bf16 else full_precision()):
+        with hooks, activation_precision(device, bf16):
             starts = range(0, len(images), batch_size)
             for s in tqdm(starts, desc=desc, disable=None if progress is None else not progress, leave=False):
                 rows[0] = slice(s, s + batch_size)
@@ -92,6 +92,14 @@ def stream(
     finally:
         model.train(was_training)
     return torch.cat(logits)
+
+
+def feature_widths(model: torch.nn.Module, names: Sequence[str], images: torch.Tensor,
+                   features: Callable[[torch.Tensor], torch.Tensor] = flat_features, bf16: bool = False) -> list[int]:
+    """Per layer, how many features `features(output)` has, from one forward pass of two images."""
+    widths = [0] * len(names)
+    stream(model, images[:2], names, lambda i, out, _rows: widths.__setitem__(i, features(out).shape[1]), bf16=bf16)
+    return widths
 
 
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000, bf16: bool = False) -> torch.Tensor:

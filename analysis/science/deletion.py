@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from ..device import autocast, full_precision
+from ..device import activation_precision
 from ..nets import ModelConfig, ResNet, as_input, residual_blocks
 
 __all__ = ["deleted", "deletion_accuracy"]
@@ -44,7 +44,7 @@ def deletion_accuracy(model: ResNet, config: ModelConfig, images: torch.Tensor, 
     was_training = model.training
     model.eval()
     try:
-        with autocast(device) if bf16 else full_precision():
+        with activation_precision(device, bf16):
             for s in range(0, len(images), batch_size):
                 h = model.stem(as_input(images[s : s + batch_size], device))
                 for k, name in enumerate(order):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..nets import flat_features, stream
+from ..nets import feature_widths, flat_features, stream
 
 __all__ = ["PC1", "estimate_pc1"]
 
@@ -58,8 +58,7 @@ def estimate_pc1(
     # They are views into a few buffers allocated before any pass: long-lived small allocations
     # made between the per-batch temporaries fragment the heap (a second call peaked at 4.3 GiB
     # instead of 0.9 for a ResNet-110 before this).
-    widths = [0] * n_layers
-    stream(model, images[:2], names, lambda i, out, _rows: widths.__setitem__(i, flat_features(out).shape[1]), bf16=bf16)
+    widths = feature_widths(model, names, images, bf16=bf16)
     bounds = np.concatenate([[0], np.cumsum(widths)]).tolist()
     shift_all, started = torch.empty(bounds[-1], device=device), [False] * n_layers
     basis_all = torch.empty(bounds[-1], block, device=device)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PROBE_MEMORY_BYTES, PROBE_RIDGE
-from ..nets import ModelConfig, flat_features, residual_blocks, stream
+from ..nets import ModelConfig, feature_widths, flat_features, residual_blocks, stream
 
 __all__ = ["LinearProbes", "probe_layers", "fit_probes", "probe_accuracy"]
 
@@ -86,8 +86,7 @@ def fit_probes(
     n = len(images)
     onehot = F.one_hot(labels.to(device), num_classes).to(torch.float64)
     ymean = onehot.mean(0)
-    widths = [0] * len(names)
-    stream(model, images[:2], names, lambda i, out, _rows: widths.__setitem__(i, pooled(out, pool).shape[1]), bf16=bf16)
+    widths = feature_widths(model, names, images, lambda out: pooled(out, pool), bf16)
     weights: list = [None] * len(names)
     biases: list = [None] * len(names)
     for group in _groups(widths, n, memory_bytes):
