@@ -16,6 +16,9 @@
 #   c. the CKA engine against pytorch-cka on the same layers and batches;
 #   d. the `gpu` study preset: a narrow and a wide ResNet on 1/16 of CIFAR-10 with the paper's
 #      recipe, analysed with PC1; its per-model numbers.
+# A lent GPU comes with minutes, not hours: every section has a time cap, and GPU_CHECK_BUDGET
+# (seconds, default: none) bounds the whole check. A section that fails or runs out of time says
+# so in the results and the next one still runs. GPU_CHECK_LOGS=DIR keeps each section's full log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -34,6 +37,29 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+logs=${GPU_CHECK_LOGS:-$work/logs}
+mkdir -p "$logs"
+budget=${GPU_CHECK_BUDGET:-0}  # counted from the script's start, the wheels' install included
+
+# capped CAP NAME CMD...: runs CMD for at most CAP seconds (less if the budget ends sooner), its
+# whole output kept in $logs/NAME.log; says how it ended when that was not success.
+capped() {
+  local cap=$1 name=$2 rc=0
+  shift 2
+  : > "$logs/$name.log"
+  if [ "$budget" -gt 0 ]; then
+    local left=$((budget - SECONDS))
+    [ "$left" -lt "$cap" ] && cap=$left
+  fi
+  if [ "$cap" -le 0 ]; then echo "($name skipped: the check's time budget is spent)"; return 1; fi
+  timeout -k 10 "$cap" "$@" > "$logs/$name.log" 2>&1 || rc=$?
+  case $rc in
+    0) ;;
+    124|137) echo "($name stopped at its time cap of ${cap} s; the last lines of its log follow)" ;;
+    *) echo "($name exited with status $rc; the last lines of its log follow)" ;;
+  esac
+  return $rc
+}
 if $dry; then
   device=cpu preset=smoke out=${GPU_CHECK_OUT:-$work/gpu-results.md}
   precision_args="--depth 8 --width 0.5 --examples 100 --batch-size 50"
@@ -56,23 +82,29 @@ end() { printf '```\n'; }
   echo "Produced by \`bash benchmarks/gpu_check.sh$($dry && echo ' --dry-run')\`."
 
   section "a. cuda tests on $device, and the precision of each engine"
-  WIDEDEEP_TEST_DEVICE=$device "$python" -m pytest -q -m cuda -p no:cacheprovider -W ignore tests/test_gpu.py 2>&1 | tail -n 5
-  "$python" benchmarks/precision.py --device "$device" $precision_args 2>&1
+  capped 150 cuda-tests env WIDEDEEP_TEST_DEVICE=$device "$python" -m pytest -q -m cuda -p no:cacheprovider -W ignore \
+    --tb=short tests/test_gpu.py && tail -n 3 "$logs/cuda-tests.log" || tail -n 40 "$logs/cuda-tests.log"
+  capped 60 precision "$python" benchmarks/precision.py --device "$device" $precision_args || true
+  cat "$logs/precision.log"
   end
 
   section "b. training loop against the bare step"
-  "$python" benchmarks/train.py --device "$device" $train_args 2>&1
+  capped 120 train "$python" benchmarks/train.py --device "$device" $train_args || true
+  grep -v " INFO " "$logs/train.log" || true
   end
 
   section "c. the CKA engine against pytorch-cka"
-  "$python" benchmarks/cka.py --device "$device" $cka_args 2>&1
+  capped 90 cka "$python" benchmarks/cka.py --device "$device" $cka_args || true
+  cat "$logs/cka.log"
   end
 
   section "d. study preset '$preset' on $device"
-  (cd "$work" && MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" PYTHONWARNINGS=ignore \
+  (cd "$work" && capped 900 study env MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" PYTHONWARNINGS=ignore \
     "$python" -m entrypoints.study --preset "$preset" --device "$device" --storage "sqlite:///$work/optuna.db" \
-    --out "$work/report" 2>&1 | grep -v "^\s*$" | tail -n 8)
-  "$python" - "$work/report/comparison/models.csv" <<'EOF'
+    --out "$work/report") || true
+  grep -v "^\s*$" "$logs/study.log" | tail -n 8 || true
+  if [ -f "$work/report/comparison/models.csv" ]; then
+    "$python" - "$work/report/comparison/models.csv" <<'EOF'
 import sys
 import pandas as pd
 cols = ["depth", "width", "seed", "train_accuracy", "test_accuracy", "block_count", "block_largest_frac", "block_mean_cka",
@@ -80,6 +112,9 @@ cols = ["depth", "width", "seed", "train_accuracy", "test_accuracy", "block_coun
 rows = pd.read_csv(sys.argv[1])
 print(rows[[c for c in cols if c in rows]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 EOF
+  fi
   end
+  echo
+  echo "The check took $SECONDS s."
 } 2>&1 | tee "$out"
 echo "written: $out"
