@@ -233,12 +233,11 @@ STUDY_PRESETS = {p.name: p for p in (
         AnalysisOptions(ANALYSES, num_examples=1000, batch_size=250, passes=2, pc_iterations=4, probe_examples=1000),
         contrast=((20, 1.0), (56, 1.0)),
         description="ResNet-56 (deep) against ResNet-20 (control), width 1, on 2% of CIFAR-10, two seeds each"),
-    # One GPU, about 4 minutes of training (estimated, not yet run on a GPU), on the 1/16 of CIFAR-10
-    # (3,120 images) that benchmarks/prepare_gpu_check.sh copies out, with the paper's recipe: it
-    # trains on all the images it is given. A training step of ResNet-26 costs 0.33 GFLOP per image
-    # at width 1 and 21 at width 8 (training.step_flops_per_image): 2 seeds x 0.94 M images x 21.3
-    # GFLOP = 40 PFLOP, about 2.2 minutes at 30% of an H200's bf16 peak; the width-1 runs are bound
-    # by kernel launches and overlap with the wide ones (4 workers share the GPU).
+    # One GPU, on the 1/16 of CIFAR-10 (3,120 images) that benchmarks/prepare_gpu_check.sh copies
+    # out, with the paper's recipe: it trains on all the images it is given. Measured on an H200
+    # (docs/gpu-results.md): the sweep takes 4 min 15 s and the whole study about 6 min. The width-1
+    # runs are bound by kernel launches (0.5% of the bf16 peak) and overlap with the wide ones, so
+    # 4 workers share the GPU.
     StudyPreset(
         "gpu", Grid(depths=(26,), widths=(1.0, 8.0), seeds=(0, 1), data_fractions=(1.0,)),
         {"epochs": 300, "eval_every": 300},
