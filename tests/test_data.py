@@ -1,3 +1,6 @@
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,9 +37,75 @@ def test_bad_dataset_or_missing_folder(tmp_path, name, fragment):
 
 def test_offline_cifar_without_a_local_copy_says_how_to_point_at_one(tmp_path, monkeypatch):
     monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(FileNotFoundError, match="WIDEDEEP_DATA_DIR") as err:
-        load_dataset("cifar10", tmp_path / "empty")
+    monkeypatch.delenv("WIDEDEEP_DATA_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="could not be downloaded.*WIDEDEEP_DATA_DIR") as err:
+        load_dataset("cifar10")  # downloads into the cache's data folder: offline, it cannot
     assert "\n" not in str(err.value)
+
+
+def test_a_named_data_folder_is_read_never_created_or_downloaded_into(tmp_path, monkeypatch):
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="data_dir='.*nowhere' does not exist"):
+        load_dataset("cifar10", tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="cifar10 is not under data_dir=.*leave both empty to download"):
+        load_dataset("cifar10", tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []
+    monkeypatch.setenv("WIDEDEEP_DATA_DIR", str(tmp_path / "gone"))
+    with pytest.raises(FileNotFoundError, match="WIDEDEEP_DATA_DIR='.*gone' does not exist"):
+        load_dataset("cifar10")
+
+
+def copy_of(tiny_data: Path, root: Path) -> Path:
+    shutil.copytree(tiny_data, root)
+    return root
+
+
+def test_an_unreadable_image_is_named_in_one_line_before_training(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
+    root = copy_of(tiny_data, tmp_path / "data")
+    victim = root / "train" / "cat" / "0003.jpg"
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated, as an interrupted copy leaves it
+    (root / "test" / "dog" / "0001.jpg").write_text("not an image")
+    with pytest.raises(ValueError) as err:
+        load_dataset("cifar10", root)
+    message = str(err.value)
+    assert "\n" not in message and str(victim) in message and "and 1 more" in message
+    assert "WIDEDEEP_SKIP_BAD_IMAGES=1" in message
+
+
+def test_unreadable_images_can_be_left_out_and_are_counted(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WIDEDEEP_SKIP_BAD_IMAGES", "1")
+    root = copy_of(tiny_data, tmp_path / "data")
+    (root / "train" / "cat" / "0003.jpg").write_bytes(b"")
+    (root / "test" / "dog" / "0001.jpg").write_text("not an image")
+    clean = load_dataset("cifar10", tiny_data)
+    data = load_dataset("cifar10", root)
+    assert data.skipped_images == 2
+    assert len(data.train_y) == len(clean.train_y) - 1 and len(data.test_y) == len(clean.test_y) - 1
+    cat = data.classes.index("cat")
+    assert int((data.train_y == cat).sum()) == int((clean.train_y == cat).sum()) - 1
+    assert load_dataset("cifar10", root).skipped_images == 2  # from the cache, the count kept
+
+
+@pytest.mark.parametrize("split,fragment", [("train", "holds no images"), ("test", "holds no images")])
+def test_a_class_folder_without_images_is_refused(tiny_data, tmp_path, monkeypatch, split, fragment):
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
+    root = copy_of(tiny_data, tmp_path / "data")
+    for f in (root / split / "deer").iterdir():
+        f.unlink()
+    with pytest.raises(ValueError, match=f"class folder '.*{split}/deer' {fragment}"):
+        load_dataset("cifar10", root)
+
+
+def test_a_class_missing_from_one_split_is_refused(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
+    root = copy_of(tiny_data, tmp_path / "data")
+    shutil.rmtree(root / "test" / "deer")
+    with pytest.raises(ValueError, match=r"lacks class folder\(s\) \['deer'\] that train/ has"):
+        load_dataset("imagefolder", root)
 
 
 def test_wrong_classes_for_cifar10_are_refused(tiny_data, tmp_path, monkeypatch):

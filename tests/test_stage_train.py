@@ -1,5 +1,7 @@
 """`train` end to end through the mlflow CLI, and its bad-input handling on a real SQLite store."""
 
+import shutil
+
 import mlflow
 import numpy as np
 import pytest
@@ -108,3 +110,29 @@ def test_rerun_of_a_killed_training_resumes_and_marks_the_dead_run(store, monkey
     assert [m.step for m in MlflowClient().get_metric_history(resumed.info.run_id, "train_loss")] == [1, 2]
     versions = lookup.find_versions("cifar10-resnet8-w0.25")
     assert len(versions) == 1 and np.isfinite(float(versions[0].tags["test_accuracy"]))
+
+
+def test_an_unwritable_checkpoint_folder_is_refused_before_any_data_is_read(store, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "ro-cache"
+    cache.mkdir()
+    (cache / "checkpoints").write_text("a file where the folder should be")  # root ignores permissions
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache))
+    assert run_train() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write training checkpoints" in err and "WIDEDEEP_CACHE_DIR" in err
+    assert not (cache / "datasets").exists()  # refused before the data was decoded
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED" and "cannot write training checkpoints" in run.data.tags["error"]
+
+
+def test_unreadable_images_left_out_are_counted_on_the_run(store, tiny_data, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    (root / "train" / "cat" / "0003.jpg").write_bytes(b"\xff\xd8 truncated")
+    assert run_train("--data_dir", str(root)) == 2  # refused, naming the file
+    assert "0003.jpg" in capsys.readouterr().err
+    monkeypatch.setenv("WIDEDEEP_SKIP_BAD_IMAGES", "1")
+    assert run_train("--data_dir", str(root)) == 0
+    assert "1 unreadable image(s) left out" in capsys.readouterr().err
+    done = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list") if r.info.status == "FINISHED"]
+    assert done[0].data.params["skipped_images"] == "1" and done[0].data.params["train_size"] == "299"

@@ -64,10 +64,57 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
     assert [h["test_loss"] for h in resumed.history] == [h["test_loss"] for h in uninterrupted.history]
 
 
+@pytest.mark.parametrize("damage", ["zero bytes", "truncated", "garbage"])
+def test_a_corrupt_checkpoint_is_set_aside_and_training_resumes_from_the_one_before(data, tmp_path, damage, capsys):
+    config = TrainConfig(**TINY)
+    uninterrupted = train(config, data, progress=False)
+    path = tmp_path / "ckpt.safetensors"
+
+    def die_after_second_epoch(epoch, metrics):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, checkpoint=path, on_epoch=die_after_second_epoch, progress=False)
+    whole = path.read_bytes()
+    path.write_bytes({"zero bytes": b"", "truncated": whole[: len(whole) // 2], "garbage": b"\x00" * len(whole)}[damage])
+
+    resumed = train(config, data, checkpoint=path, progress=False)
+    assert resumed.resumed_from_epoch == 1  # the checkpoint before the corrupt one
+    expected, got = uninterrupted.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    (aside,) = tmp_path.glob("ckpt.safetensors.corrupt-*")  # set aside, not deleted
+    assert len(aside.read_bytes()) == len({"zero bytes": b"", "truncated": whole[: len(whole) // 2]}.get(damage, whole))
+    assert "is unreadable" in capsys.readouterr().err
+
+
+def test_with_both_checkpoints_corrupt_training_starts_from_scratch(data, tmp_path):
+    config = TrainConfig(**{**TINY, "epochs": 1})
+    path = tmp_path / "ckpt.safetensors"
+    for p in (path, tmp_path / "ckpt.safetensors.previous"):
+        p.write_bytes(b"not a checkpoint")
+    result = train(config, data, checkpoint=path, progress=False)
+    assert result.resumed_from_epoch == 0
+    fresh = train(config, data, progress=False).model.state_dict()
+    assert all(torch.equal(fresh[k], v) for k, v in result.model.state_dict().items())
+    assert len(list(tmp_path.glob("*.corrupt-*"))) == 2
+
+
+def test_a_checkpoint_is_durable_before_the_previous_one_is_replaced(data, tmp_path, monkeypatch):
+    """A crash between the two renames of a save leaves only `.previous`, which is then resumed."""
+    path = tmp_path / "ckpt.safetensors"
+    train(TrainConfig(**{**TINY, "epochs": 2}), data, checkpoint=path, progress=False)
+    assert len(checkpoints.read_meta(path)["history"]) == 2
+    path.rename(tmp_path / "ckpt.safetensors.previous")  # as if killed after the first rename
+    assert len(checkpoints.read_meta(path)["history"]) == 2 and path.exists()
+
+
 def test_no_partial_checkpoint_files_are_left(data, tmp_path):
     path = tmp_path / "ckpt.safetensors"
-    train(TrainConfig(**{**TINY, "epochs": 1}), data, checkpoint=path, progress=False)
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
+    train(TrainConfig(**{**TINY, "epochs": 2}), data, checkpoint=path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors", "ckpt.safetensors.previous"]
+    checkpoints.remove(path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_diverging_loss_is_an_error_naming_lr(data):

@@ -1,7 +1,8 @@
 """Datasets as uint8 tensors: where they come from (sources) and what is done with them (tensors)."""
 
-from .sources import CACHE_DIR_ENV, DATA_DIR_ENV, DATASETS, cache_dir, default_data_dir, load_dataset
+from .sources import CACHE_DIR_ENV, DATA_DIR_ENV, DATASETS, SKIP_BAD_IMAGES_ENV, cache_dir, check_data_dir, default_data_dir, load_dataset
 from .tensors import ImageData, augment, indices_hash, subset_indices, to_float
 
-__all__ = ["DATASETS", "DATA_DIR_ENV", "CACHE_DIR_ENV", "ImageData", "load_dataset", "cache_dir", "default_data_dir",
+__all__ = ["DATASETS", "DATA_DIR_ENV", "CACHE_DIR_ENV", "SKIP_BAD_IMAGES_ENV", "ImageData", "load_dataset", "check_data_dir",
+           "cache_dir", "default_data_dir",
            "subset_indices", "indices_hash", "to_float", "augment"]

@@ -9,7 +9,13 @@ Where data comes from (`dataset`, `data_dir`):
   there when online.
 - imagefolder: any root with train/ and test/ (or val/) folders of class subfolders; images are
   resized to a common size only if they differ (first image's size wins).
-`data_dir` defaults to $WIDEDEEP_DATA_DIR, then to <cache>/data.
+`data_dir` defaults to $WIDEDEEP_DATA_DIR, then to <cache>/data. A folder the user names is only
+ever read: it must exist, and torchvision downloads only into the cache's own data folder.
+
+Every image is decoded before training starts. An unreadable one (truncated, corrupt, not an
+image) stops the load with one line naming it, or, with WIDEDEEP_SKIP_BAD_IMAGES=1, is left out
+and counted (`ImageData.skipped_images`, logged by `train`). A class folder with no images, in
+either split, is refused: a model would otherwise be trained on fewer classes than it predicts.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ CIFAR10_CLASSES = (
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 DATA_DIR_ENV = "WIDEDEEP_DATA_DIR"
 CACHE_DIR_ENV = "WIDEDEEP_CACHE_DIR"
+SKIP_BAD_IMAGES_ENV = "WIDEDEEP_SKIP_BAD_IMAGES"
 
 
 def cache_dir() -> Path:
@@ -42,14 +49,26 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or cache_dir() / "data")
 
 
+def check_data_dir(data_dir: str | os.PathLike | None) -> None:
+    """A data folder the user names (data_dir, else $WIDEDEEP_DATA_DIR) must exist: checked before
+    any work, and never created."""
+    given = str(data_dir or os.environ.get(DATA_DIR_ENV) or "")
+    if given and not Path(given).is_dir():
+        where = "data_dir" if data_dir else DATA_DIR_ENV
+        raise FileNotFoundError(f"{where}={given!r} does not exist; point it at a dataset root (train/ and test/ class "
+                                f"folders, or torchvision's files), or leave data_dir and {DATA_DIR_ENV} empty to download")
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
     """Read a dataset as uint8 tensors on the CPU, through the decode cache."""
     if name not in DATASETS:
         raise ValueError(f"dataset={name!r} is unknown; use one of {', '.join(DATASETS)}")
+    check_data_dir(data_dir)
+    named = bool(data_dir or os.environ.get(DATA_DIR_ENV))
     root = Path(data_dir) if data_dir else default_data_dir()
     if name == "imagefolder" or is_image_folder(root):
         return _load_image_folder(name, root)
-    return _load_torchvision(name, root)
+    return _load_torchvision(name, root, download=not named)
 
 
 def is_image_folder(root: Path) -> bool:
@@ -72,51 +91,76 @@ def _load_image_folder(name: str, root: Path) -> ImageData:
             f"data_dir={str(root)!r} has no train/ and test/ (or val/) class folders; point data_dir at such a root"
         )
     splits = {s: _list_images(_split_dir(root, s)) for s in ("train", "test")}
-    classes = tuple(sorted({c for files in splits.values() for c, _ in files}))
+    classes = tuple(sorted({c for c, _ in splits["train"]}))
+    missing = sorted({c for c, _ in splits["test"]} - set(classes))
+    if missing:
+        raise ValueError(f"{_split_dir(root, 'test')} has class folder(s) {missing} that train/ lacks; both splits need the same classes")
+    missing = sorted(set(classes) - {c for c, _ in splits["test"]})
+    if missing:
+        raise ValueError(f"{_split_dir(root, 'test')} lacks class folder(s) {missing} that train/ has; both splits need the same classes")
     if name == "cifar10" and classes != CIFAR10_CLASSES:
         raise ValueError(f"data_dir={str(root)!r} has classes {classes}, not CIFAR-10's {CIFAR10_CLASSES}")
     if name == "cifar100" and len(classes) != 100:
         raise ValueError(f"data_dir={str(root)!r} has {len(classes)} classes, not CIFAR-100's 100")
 
+    skip = os.environ.get(SKIP_BAD_IMAGES_ENV, "") not in ("", "0", "false")
     listing = json.dumps({s: [(c, str(p.relative_to(root)), p.stat().st_size) for c, p in f] for s, f in splits.items()})
-    key = hashlib.sha256(f"{name}|{root.resolve()}|{listing}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{name}|{root.resolve()}|{listing}|skip={skip}".encode()).hexdigest()[:16]
 
-    def decode() -> dict[str, torch.Tensor]:
-        out = {}
-        for split, files in splits.items():
-            x, y = _decode_files(files, classes)
-            out[f"{split}_x"], out[f"{split}_y"] = x, y
+    def decode() -> dict:
+        decoded = {split: _decode_files(files) for split, files in splits.items()}
+        bad = [(path, reason) for _, _, failures in decoded.values() for path, reason in failures]
+        if bad and not skip:
+            path, reason = bad[0]
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise ValueError(f"unreadable image {str(path)!r} ({reason}){more}; remove or replace it, or set "
+                             f"{SKIP_BAD_IMAGES_ENV}=1 to leave unreadable images out (their count is logged)")
+        out: dict = {"skipped_images": len(bad)}
+        index = {c: i for i, c in enumerate(classes)}
+        for split, (images, names, _) in decoded.items():
+            if not images:
+                raise ValueError(f"{_split_dir(root, split)} holds no readable image")
+            out[f"{split}_x"] = _stack(images)
+            out[f"{split}_y"] = torch.tensor([index[c] for c in names], dtype=torch.int64)
         return out
 
     return _from_cache(name, key, classes, decode)
 
 
 def _list_images(split_root: Path) -> list[tuple[str, Path]]:
-    files = [
-        (class_dir.name, p)
-        for class_dir in sorted(d for d in split_root.iterdir() if d.is_dir())
-        for p in sorted(class_dir.iterdir())
-        if p.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not files:
-        raise FileNotFoundError(f"{split_root} holds no images in class subfolders")
+    class_dirs = sorted(d for d in split_root.iterdir() if d.is_dir())
+    if not class_dirs:
+        raise FileNotFoundError(f"{split_root} holds no class subfolders of images")
+    files = []
+    for class_dir in class_dirs:
+        images = [(class_dir.name, p) for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise ValueError(f"class folder {str(class_dir)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                             "add its images or remove the folder")
+        files += images
     return files
 
 
-def _decode_files(files: list[tuple[str, Path]], classes: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_files(files: list[tuple[str, Path]]) -> tuple[list[torch.Tensor], list[str], list[tuple[Path, str]]]:
+    """(images as uint8 (3, H, W), their class names, [(path, reason)] of the files that failed)."""
     import numpy as np
     from PIL import Image
 
-    def decode(path: Path) -> torch.Tensor:
-        with Image.open(path) as im:
-            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+    images, names, failures = [], [], []
+    for class_name, path in files:
+        try:
+            with Image.open(path) as im:  # convert() reads the whole file: truncation shows here
+                images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous())
+            names.append(class_name)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            failures.append((path, str(err).splitlines()[0] if str(err) else type(err).__name__))
+    return images, names, failures
 
-    index = {c: i for i, c in enumerate(classes)}
-    images = [decode(p) for _, p in files]
+
+def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """One (N, 3, H, W) tensor; images of another size than the first are resized to it."""
     size = images[0].shape[1:]
-    images = [im if im.shape[1:] == size else _resize(im, size) for im in images]
-    labels = torch.tensor([index[c] for c, _ in files], dtype=torch.int64)
-    return torch.stack(images), labels
+    return torch.stack([im if im.shape[1:] == size else _resize(im, size) for im in images])
 
 
 def _resize(image: torch.Tensor, size: torch.Size) -> torch.Tensor:
@@ -124,7 +168,7 @@ def _resize(image: torch.Tensor, size: torch.Size) -> torch.Tensor:
     return out[0].round().clamp(0, 255).to(torch.uint8)
 
 
-def _load_torchvision(name: str, root: Path) -> ImageData:
+def _load_torchvision(name: str, root: Path, download: bool) -> ImageData:
     import torchvision
 
     cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
@@ -134,9 +178,15 @@ def _load_torchvision(name: str, root: Path) -> ImageData:
         out = {}
         for split, train in (("train", True), ("test", False)):
             try:
-                ds = cls(str(root), train=train, download=True)
+                ds = cls(str(root), train=train, download=download)
             except Exception as err:  # URLError, socket errors, read-only root, ...
                 reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                if not download:
+                    raise FileNotFoundError(
+                        f"{name} is not under data_dir={str(root)!r} (neither train/ and test/ class folders nor "
+                        f"torchvision's files); point data_dir or {DATA_DIR_ENV} at a copy, or leave both empty to download "
+                        f"into the cache"
+                    ) from None
                 raise FileNotFoundError(
                     f"{name} is not under data_dir={str(root)!r} and could not be downloaded ({reason}); "
                     f"set {DATA_DIR_ENV} or -P data_dir to a local copy (torchvision's files or an ImageFolder with train/ and test/)"
@@ -155,17 +205,19 @@ def _from_cache(name: str, key: str, classes: tuple[str, ...] | None, decode) ->
     path = cache_dir() / "datasets" / f"{name}-{key}.safetensors"
     if path.exists():
         with open(path.with_suffix(".json")) as f:
-            classes = tuple(json.load(f)["classes"])
+            about = json.load(f)
         tensors = load_file(str(path))
+        classes, skipped = tuple(about["classes"]), about.get("skipped_images", 0)
     else:
         tensors = decode()
         classes = tuple(tensors.pop("classes", classes))
+        skipped = tensors.pop("skipped_images", 0)
         # Write then rename, classes first: a reader never sees tensors without their classes.
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "w") as f:
-                json.dump({"classes": list(classes)}, f)
+                json.dump({"classes": list(classes), "skipped_images": skipped}, f)
             os.replace(tmp, path.with_suffix(".json"))
             save_file(tensors, str(tmp))
             os.replace(tmp, path)
@@ -174,4 +226,4 @@ def _from_cache(name: str, key: str, classes: tuple[str, ...] | None, decode) ->
                 f"cannot write the decoded-data cache under {path.parent} ({err.strerror or err}); "
                 f"set {CACHE_DIR_ENV} to a writable folder"
             ) from None
-    return ImageData(name=name, classes=classes, **tensors)
+    return ImageData(name=name, classes=classes, skipped_images=skipped, **tensors)

@@ -23,6 +23,7 @@ class ImageData:
     train_y: torch.Tensor  # (N,) int64
     test_x: torch.Tensor
     test_y: torch.Tensor
+    skipped_images: int = 0  # unreadable files left out (WIDEDEEP_SKIP_BAD_IMAGES=1)
 
     @property
     def num_classes(self) -> int:

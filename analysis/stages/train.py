@@ -14,7 +14,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from ..config import TrainConfig
-from ..data import load_dataset
+from ..data import SKIP_BAD_IMAGES_ENV, load_dataset
 from ..store import contract as c
 from ..store.lookup import find_versions, registered_name, tag_value
 from ..store import model_files
@@ -72,11 +72,14 @@ def train_stage(config: TrainConfig, params: dict | None = None, parent_run_id: 
 
 def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
                         progress: bool | None) -> tuple[TrainResult, ModelVersion]:
-    data = load_dataset(config.dataset, config.data_dir or None)
-
     # A checkpoint of the same config in the same store and experiment is resumed.
     fingerprint = fingerprint_in_this_store(config, experiment_id)
     ckpt = checkpoints.checkpoint_path(fingerprint)
+    checkpoints.check_writable(ckpt)  # before any data is read, not after the first epoch
+    data = load_dataset(config.dataset, config.data_dir or None)
+    if data.skipped_images:
+        print(f"warning: {data.skipped_images} unreadable image(s) left out ({SKIP_BAD_IMAGES_ENV}); "
+              f"logged as param {c.SKIPPED_IMAGES}", file=sys.stderr)
     previous = checkpoints.read_meta(ckpt)
     lineage = previous["lineage"] if previous else uuid.uuid4().hex
     if previous:
@@ -93,7 +96,8 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
         on_epoch=lambda epoch, metrics: mlflow.log_metrics({**metrics, "epoch": epoch}, step=epoch),
         progress=progress,
     )
-    mlflow.log_params({c.TRAIN_SIZE: result.train_size, c.SUBSET_HASH: result.subset_hash, "num_classes": data.num_classes})
+    mlflow.log_params({c.TRAIN_SIZE: result.train_size, c.SUBSET_HASH: result.subset_hash, "num_classes": data.num_classes,
+                       c.SKIPPED_IMAGES: data.skipped_images})
     clean = {k: result.final[k] for k in ("train_accuracy_clean", "train_loss_clean")}
     mlflow.log_metrics(clean, step=config.epochs)  # test metrics were logged per epoch
 

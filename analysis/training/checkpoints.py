@@ -1,37 +1,85 @@
-"""Per-epoch training checkpoints: one safetensors file, written then renamed, no pickle.
+"""Per-epoch training checkpoints: one safetensors file, no pickle, durable before it counts.
 
 The file holds the model's parameters and buffers (`model.*`), the optimizer's momentum
 buffers (`momentum.<i>`, in parameter order) and, as safetensors metadata, a JSON record of the
 completed epoch, the metric history and the caller's bookkeeping (lineage id, run ids). The
 data order and augmentation of each epoch derive from (seed, epoch), so no RNG state is needed
-for a resumed run to end with the same weights as an uninterrupted one.
+for a resumed run to end with the same weights as an uninterrupted one, even one resumed from the
+checkpoint before the newest.
+
+A save writes a temporary file and fsyncs it, keeps the checkpoint it replaces as
+`<name>.previous`, renames the new one into place and fsyncs the folder: after a crash at any
+moment, the newest checkpoint or the one before it is whole on disk. A checkpoint that does not
+read back whole (zero bytes, truncated, a bad header: what a crash without fsync or a failing disk
+leaves) is set aside as `<name>.corrupt-<unix time>`, never deleted, with a warning, and training
+resumes from the one before it, or from scratch.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from ..data import cache_dir
+from ..data import CACHE_DIR_ENV, cache_dir
+
+__all__ = ["checkpoint_path", "check_writable", "read_meta", "save", "restore", "remove"]
+
+UNREADABLE = (SafetensorError, OSError, ValueError, KeyError)
 
 
 def checkpoint_path(fingerprint: str) -> Path:
     return cache_dir() / "checkpoints" / f"{fingerprint}.safetensors"
 
 
+def _previous(path: Path) -> Path:
+    return path.with_name(f"{path.name}.previous")
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any training, a checkpoint folder that cannot be written (a read-only
+    cache would otherwise fail after the first epoch)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".write-test.{os.getpid()}")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"cannot write training checkpoints under {path.parent} ({err.strerror or err}); "
+                              f"set {CACHE_DIR_ENV} to a writable folder") from None
+
+
 def read_meta(path: Path) -> dict | None:
-    """The metadata of a complete checkpoint, or None when there is none. Temporary files of a
+    """The metadata of the newest whole checkpoint at `path`, or None when there is none.
+
+    A corrupt checkpoint is set aside and the one before it takes its place. Temporary files of a
     writer killed mid-save are removed: they were never renamed, so never taken as complete."""
     for partial in path.parent.glob(f".{path.name}.*.tmp"):
         partial.unlink(missing_ok=True)
-    if not path.exists():
-        return None
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["meta"])
+    for candidate in (path, _previous(path)):
+        if not candidate.exists():
+            continue
+        try:
+            load_file(str(candidate))  # reads every tensor: a truncated file fails here, not at restore
+            with safe_open(str(candidate), framework="pt") as f:
+                meta = json.loads(f.metadata()["meta"])
+        except UNREADABLE as err:
+            aside = candidate.with_name(f"{candidate.name}.corrupt-{int(time.time())}")
+            os.replace(candidate, aside)
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            print(f"warning: checkpoint {candidate} is unreadable ({reason}); set aside as {aside.name}, "
+                  "resuming from the one before it or from scratch", file=sys.stderr)
+            continue
+        if candidate != path:
+            os.replace(candidate, path)
+        return meta
+    return None
 
 
 def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
@@ -44,7 +92,19 @@ def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, m
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
-    os.replace(tmp, path)  # atomic: a reader sees the old checkpoint or the new one, never half
+    _fsync(tmp)
+    if path.exists():
+        os.replace(path, _previous(path))  # kept until the new one is durable
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -55,8 +115,11 @@ def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     for i, p in enumerate(params):
         if f"momentum.{i}" in tensors:
             optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(tensors[f"momentum.{i}"])
-    return read_meta(path)
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["meta"])
 
 
 def remove(path: Path) -> None:
+    """Remove the checkpoint and the one before it (the registry now holds the model)."""
     path.unlink(missing_ok=True)
+    _previous(path).unlink(missing_ok=True)

@@ -119,7 +119,7 @@ def train(
     )
 
     history: list[dict[str, float]] = []
-    if checkpoint is not None and checkpoint.exists():
+    if checkpoint is not None and checkpoints.read_meta(checkpoint) is not None:  # a corrupt one is set aside
         history = checkpoints.restore(checkpoint, model, optimizer)["history"]
     start_epoch = len(history)
     for epoch, metrics in enumerate(history, start=1):
