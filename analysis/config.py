@@ -20,7 +20,7 @@ from .data import DATASETS
 from .nets import ModelConfig
 
 __all__ = [
-    "PRESET_EPOCHS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS",
+    "PRESET_EPOCHS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
     "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "PROBE_MEMORY_BYTES", "FITS_TRAINING_SET",
     "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
@@ -91,6 +91,8 @@ def resolve_epochs(preset: str, epochs: int) -> int:
     """`epochs` if given (> 0), else the preset's count."""
     if preset not in PRESET_EPOCHS:
         raise ValueError(f"preset={preset!r} is unknown; use one of {', '.join(PRESET_EPOCHS)}")
+    if epochs < 0:
+        raise ValueError(f"epochs={epochs!r} is not allowed; use an integer >= 1, or 0 for the preset's count")
     return epochs if epochs > 0 else PRESET_EPOCHS[preset]
 
 
@@ -99,6 +101,7 @@ ANALYSES = ("cka", "pc", "probes", "deletion")
 LAYER_SETS = ("all", "blocks")
 PROBE_TRAIN = ("subset", "full", "both")
 PRECISIONS = ("float32", "bf16")
+MIN_HSIC_BATCH = 4  # the unbiased HSIC estimator divides by (n - 3): science.cka.MIN_BATCH checks the same
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +128,13 @@ class AnalysisOptions:
                              f"use a comma list of {', '.join(ANALYSES)}")
         _check(self, [
             (self.layers in LAYER_SETS, "layers", f"one of {', '.join(LAYER_SETS)}"),
+            (self.num_examples >= 0, "num_examples", "an integer >= 0 (0: the whole test set)"),
+            (self.batch_size >= MIN_HSIC_BATCH, "batch_size", f"an integer >= {MIN_HSIC_BATCH} (unbiased HSIC; the paper: 256)"),
+            (self.num_examples == 0 or self.num_examples >= MIN_HSIC_BATCH, "num_examples", f"0 or an integer >= {MIN_HSIC_BATCH}"),
+            (self.passes >= 1, "passes", "an integer >= 1 (the paper: 10)"),
+            (self.seed >= 0, "seed", "an integer >= 0"),
             (self.pc_iterations >= 1, "pc_iterations", "an integer >= 1"),
+            (self.probe_examples >= 0, "probe_examples", "an integer >= 0 (0: all)"),
             (self.probe_pool >= 1, "probe_pool", "an integer >= 1 (1: no pooling, the paper: 2)"),
             (self.probe_train in PROBE_TRAIN, "probe_train", f"one of {', '.join(PROBE_TRAIN)}"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
@@ -176,9 +185,11 @@ class Grid:
     def parse(cls, depths: str, widths: str, seeds: str, data_fractions: str) -> "Grid":
         def values(text: str, kind, name: str) -> tuple:
             try:
-                out = tuple(dict.fromkeys(kind(v) for v in text.split(",") if v.strip()))
-            except ValueError:
-                raise ValueError(f"{name}={text!r} is not a comma-separated list of {kind.__name__}s, e.g. 20,56") from None
+                out = tuple(dict.fromkeys(kind(float(v)) if kind is int and float(v).is_integer() else kind(v)
+                                      for v in text.split(",") if v.strip()))
+            except (ValueError, OverflowError):
+                example = "20,56" if kind is int else "1,2,4"
+                raise ValueError(f"{name}={text!r} is not a comma-separated list of {kind.__name__}s, e.g. {example}") from None
             if not out:
                 raise ValueError(f"{name} is empty; give at least one value")
             return out

@@ -14,12 +14,12 @@ import sys
 from analysis.config import ANALYSES, LAYER_SETS, PRECISIONS, PROBE_TRAIN, AnalysisOptions
 from analysis.stages.analyze import analyze_stage
 from analysis.store.lookup import split_uris, uris_matching
-from entrypoints.common import whole_number, run_main
+from entrypoints.common import Parser, check_where, run_main, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
     d = AnalysisOptions()
-    p = argparse.ArgumentParser(description=__doc__)
+    p = Parser(description=__doc__)
     p.add_argument("--models", default="", help="comma-separated models:/NAME/VERSION or models:/NAME@ALIAS")
     p.add_argument("--search", default="", help="registry filter, e.g. \"name='cifar10-resnet20-w1' and tags.data_fraction='1'\"")
     p.add_argument("--analyses", default=",".join(d.analyses), help=f"comma list of {', '.join(ANALYSES)}")
@@ -58,6 +58,7 @@ def main(args: argparse.Namespace) -> None:
         probe_examples=args.probe_examples, probe_pool=args.probe_pool, probe_train=args.probe_train,
         precision=args.precision,
     )
+    check_where(args.device, args.data_dir, args.dataset)
     uris = model_uris(args.models, args.search)
     outcome = analyze_stage(uris, options, args.dataset, args.data_dir, args.device)
     print(f"analysed {len(uris)} model(s) on {outcome.joint.num_examples} test images "
@@ -65,5 +66,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    sys.exit(run_main(lambda: main(args)))
+    sys.exit(run_main(lambda: main(parse_args())))

@@ -1,31 +1,69 @@
-"""What every entry point shares: one-line errors that fail the run, and the training arguments
-of `train` and `sweep`."""
+"""What every entry point shares: a parser whose errors are user errors, one-line errors that fail
+the run, and the training arguments of `train` and `sweep`.
+
+Every entry point parses and checks all of its parameters before it touches data, the tracking
+store or a study: a bad value costs nothing but one line naming it (docs/bad-inputs.md lists them).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
+
+from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
 from analysis.config import PRESET_EPOCHS, TrainConfig, resolve_epochs
-from analysis.store.tracking import fail_run, first_line, reap_dead_runs
+from analysis.data import DATASETS, check_data_dir
+from analysis.device import resolve_device
+from analysis.store.tracking import fail_run, first_line
 
-# Errors that mean "bad input or bad data": reported in one line, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, FloatingPointError, RuntimeError)
+# Errors that mean "bad input, bad data or an unusable store": reported in one line, no traceback
+# (WIDEDEEP_TRACEBACK=1 shows it). MlflowException and SQLAlchemyError are how a malformed filter
+# or an unreachable tracking store reach us.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, FloatingPointError, RuntimeError, MlflowException,
+               SQLAlchemyError)
+TRACEBACK_ENV = "WIDEDEEP_TRACEBACK"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are raised, so a bad value fails the run in one line like any other
+    user error (argparse itself prints its usage and exits before the run can be marked)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message.replace("argument --", "parameter "))
 
 
 def run_main(main: Callable[[], None]) -> int:
-    """Call `main`; on a user error print it in one line, mark the run FAILED, exit 2. First, runs
-    of this host whose process died without ending them are marked KILLED."""
+    """Call `main` (which parses and checks its arguments first); on a user error print it in one
+    line, mark the run FAILED with the line as tag `error`, exit 2."""
     try:
-        reap_dead_runs()
         main()
     except USER_ERRORS as err:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
         message = first_line(err)
         print(f"error: {message}", file=sys.stderr)
         fail_run(message)
         return 2
     return 0
+
+
+def require(ok: bool, name: str, value: object, allowed: str) -> None:
+    """Refuse a parameter in the project's one-line form: name, value, what is allowed."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed; use {allowed}")
+
+
+def check_where(device: str, data_dir: str = "", dataset: str = "") -> None:
+    """The settings every computing entry point shares, checked before any work: the device exists,
+    the dataset is known, a data folder the user names exists (it is never created)."""
+    resolve_device(device)
+    require(not dataset or dataset in DATASETS, "dataset", dataset, f"one of {', '.join(DATASETS)}")
+    check_data_dir(data_dir)
 
 
 def whole_number(text: str) -> int:
@@ -40,15 +78,26 @@ def whole_number(text: str) -> int:
     return int(value)
 
 
+def number(text: str) -> float:
+    """argparse type for real-valued parameters: 'inf' and 'nan' are refused, naming the value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r} (give a finite number)")
+    return value
+
+
 def add_training_args(p: argparse.ArgumentParser) -> None:
     """The training settings that `train` and `sweep` share (defaults: analysis.config)."""
     d = TrainConfig()
     p.add_argument("--preset", default="quick", choices=sorted(PRESET_EPOCHS))
     p.add_argument("--epochs", type=whole_number, default=0, help="0: the preset's count")
     p.add_argument("--batch_size", type=whole_number, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight_decay", type=float, default=d.weight_decay)
+    p.add_argument("--lr", type=number, default=d.lr)
+    p.add_argument("--momentum", type=number, default=d.momentum)
+    p.add_argument("--weight_decay", type=number, default=d.weight_decay)
     p.add_argument("--dataset", default=d.dataset)
     p.add_argument("--data_dir", default=d.data_dir)
     p.add_argument("--device", default=d.device)

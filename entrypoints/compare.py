@@ -11,11 +11,11 @@ import argparse
 import sys
 
 from analysis.stages.compare import SOURCES, compare_stage
-from entrypoints.common import whole_number, run_main
+from entrypoints.common import Parser, require, run_main, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = Parser(description=__doc__)
     p.add_argument("--dataset", default="", help="only this dataset (default: all)")
     p.add_argument("--data_fraction", default="", help="only this data fraction (default: all)")
     p.add_argument("--min_epochs", type=whole_number, default=0, help="only models trained at least this long")
@@ -35,11 +35,11 @@ def fraction(text: str) -> float | None:
 
 
 def main(args: argparse.Namespace) -> None:
+    require(args.min_epochs >= 0, "min_epochs", args.min_epochs, "an integer >= 0")
     outcome = compare_stage(args.dataset, fraction(args.data_fraction), args.min_epochs, args.source)
     print(outcome.table.to_string(index=False))
     print(f"compared {len(outcome.rows)} analysed model(s) in {len(outcome.table)} cell(s): run {outcome.run_id}")
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    sys.exit(run_main(lambda: main(args)))
+    sys.exit(run_main(lambda: main(parse_args())))

@@ -11,14 +11,14 @@ import argparse
 import sys
 
 from analysis.stages.predictions import predictions_stage
-from entrypoints.common import whole_number, run_main
+from entrypoints.common import Parser, check_where, number, run_main, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = Parser(description=__doc__)
     p.add_argument("--group_a", required=True, help="registry filter (\"name='cifar10-resnet20-w4'\") or comma-separated models:/ URIs")
     p.add_argument("--group_b", required=True)
-    p.add_argument("--alpha", type=float, default=0.05, help="false discovery rate for per-class tests")
+    p.add_argument("--alpha", type=number, default=0.05, help="false discovery rate for per-class tests")
     p.add_argument("--permutations", type=whole_number, default=9999)
     p.add_argument("--device", default="auto")
     p.add_argument("--data_dir", default="")
@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
+    check_where(args.device, args.data_dir)
     outcome = predictions_stage(args.group_a, args.group_b, args.alpha, args.permutations, args.device, args.data_dir)
     m = outcome.metrics
     print(f"cross-group disagreement {m['cross_disagreement']:.4f} vs within {m['within_disagreement']:.4f} "
@@ -37,5 +38,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    sys.exit(run_main(lambda: main(args)))
+    sys.exit(run_main(lambda: main(parse_args())))

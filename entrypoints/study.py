@@ -14,11 +14,11 @@ from pathlib import Path
 from analysis.config import STUDY_PRESETS, study_preset
 from analysis.stages.study import study_stage
 from analysis.store.studies import STORAGE_ENV, storage_url
-from entrypoints.common import run_main
+from entrypoints.common import Parser, check_where, run_main
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = Parser(description=__doc__)
     p.add_argument("--preset", default="cpu", help=", ".join(STUDY_PRESETS))
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data_dir", default="")
@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     preset = study_preset(args.preset)
+    check_where(args.device, args.data_dir, args.dataset)
     url = storage_url(args.storage)
     report = study_stage(preset, args.dataset, args.data_dir, args.device, url, Path(args.out or f"reports/{preset.name}"),
                          log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -41,5 +42,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    sys.exit(run_main(lambda: main(args)))
+    sys.exit(run_main(lambda: main(parse_args())))

@@ -14,12 +14,12 @@ import sys
 from analysis.config import Grid, TrainConfig
 from analysis.store.studies import STORAGE_ENV, storage_url
 from analysis.stages.sweep import MODES, WORKER_PARENT_ENV, default_study_name, sweep_stage, work
-from entrypoints.common import whole_number, add_training_args, run_main, training_settings
+from entrypoints.common import Parser, add_training_args, check_where, number, require, run_main, training_settings, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(description=__doc__)
+    p = Parser(description=__doc__)
     p.add_argument("--mode", default="grid", choices=MODES)
     p.add_argument("--depths", default=str(d.depth))
     p.add_argument("--widths", default=f"{d.width:g}")
@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="", help="study name (default: derived from the grid and settings)")
     p.add_argument("--workers", type=whole_number, default=1, help="worker processes on this machine")
     p.add_argument("--n_trials", type=whole_number, default=20, help="search mode: trials for this worker")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="search mode: held-out share of the training subset")
+    p.add_argument("--val_fraction", type=number, default=0.1, help="search mode: held-out share of the training subset")
     add_training_args(p)
     return p
 
@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     grid = Grid.parse(args.depths, args.widths, args.seeds, args.data_fractions)
     base = TrainConfig(depth=grid.depths[0], width=grid.widths[0], data_fraction=grid.data_fractions[0], **training_settings(args))
+    check_where(base.device, base.data_dir)
+    require(args.workers >= 1, "workers", args.workers, "an integer >= 1")
+    if args.mode == "search":
+        require(args.n_trials >= 1, "n_trials", args.n_trials, "an integer >= 1")
+        require(0 < args.val_fraction < 1, "val_fraction", args.val_fraction, "a share in (0, 1), e.g. 0.1")
     url = storage_url(args.storage)
     name = args.study or default_study_name(grid, base)
     parent = os.environ.get(WORKER_PARENT_ENV)
@@ -52,5 +57,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    sys.exit(run_main(lambda: main(args)))
+    sys.exit(run_main(lambda: main(parse_args())))

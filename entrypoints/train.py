@@ -8,16 +8,16 @@ import sys
 from analysis.config import TrainConfig
 from analysis.stages.train import train_stage
 from analysis.store.contract import NEWEST_ALIAS
-from entrypoints.common import whole_number, add_training_args, run_main, training_settings
+from entrypoints.common import Parser, add_training_args, check_where, number, run_main, training_settings, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(description=__doc__)
+    p = Parser(description=__doc__)
     p.add_argument("--depth", type=whole_number, default=d.depth, help="6n+2: 14, 20, 26, 32, 38, 44, 56, 110, 164")
-    p.add_argument("--width", type=float, default=d.width, help="channel multiplier (16k, 32k, 64k)")
+    p.add_argument("--width", type=number, default=d.width, help="channel multiplier (16k, 32k, 64k)")
     p.add_argument("--seed", type=whole_number, default=d.seed)
-    p.add_argument("--data_fraction", type=float, default=d.data_fraction)
+    p.add_argument("--data_fraction", type=number, default=d.data_fraction)
     p.add_argument("--subset_seed", type=whole_number, default=d.subset_seed)
     add_training_args(p)
     return p
@@ -30,11 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     config = TrainConfig(depth=args.depth, width=args.width, seed=args.seed, data_fraction=args.data_fraction,
                          subset_seed=args.subset_seed, **training_settings(args))
+    check_where(config.device, config.data_dir)
     outcome = train_stage(config, params=vars(args))
     print(f"registered {outcome.uri} (alias @{NEWEST_ALIAS}): test accuracy {outcome.result.final['test_accuracy']:.4f}, "
           f"train accuracy {outcome.result.final['train_accuracy_clean']:.4f}")
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    sys.exit(run_main(lambda: main(args)))
+    sys.exit(run_main(lambda: main(parse_args())))

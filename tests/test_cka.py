@@ -141,3 +141,10 @@ def test_constant_layer_is_reported_by_name():
 def test_mismatched_batches_across_models_are_refused():
     with pytest.raises(ValueError, match="same batch"):
         MinibatchCKA().update([torch.randn(8, 4)], [torch.randn(9, 4)])
+
+
+def test_the_analysis_options_refuse_the_batches_the_estimator_refuses():
+    from analysis.config import MIN_HSIC_BATCH
+    from analysis.science.cka import MIN_BATCH
+
+    assert MIN_HSIC_BATCH == MIN_BATCH  # config checks parameters up front with the estimator's own bound

@@ -7,7 +7,7 @@ import importlib
 import pytest
 import yaml
 
-from entrypoints.common import whole_number
+from entrypoints.common import number, whole_number
 from tests.conftest import REPO
 
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
@@ -34,7 +34,7 @@ def test_mlproject_and_parser_declare_the_same_parameters(name):
             assert action.required, f"{name}.{param} has no MLproject default but is optional in the parser"
             continue
         if spec["type"] == "float":
-            assert action.type in (float, whole_number), f"{name}.{param}: MLproject float, parser {action.type}"
+            assert action.type in (number, whole_number), f"{name}.{param}: MLproject float, parser {action.type}"
             assert float(spec["default"]) == float(action.default), f"{name}.{param} defaults differ"
         else:
             assert spec["type"] == "string" and action.type is None, f"{name}.{param}: types differ"

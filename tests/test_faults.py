@@ -226,6 +226,7 @@ def test_a_parameter_of_the_wrong_type_fails_the_run_in_one_line(store):
 
     proc = mlflow_cli("-e", "train", "-P", "depth=abc", cwd=store)
     assert proc.returncode != 0
-    assert "argument --depth: invalid integer value: 'abc'" in proc.stderr
+    assert "parameter depth: invalid integer value: 'abc'" in proc.stderr
     (run,) = runs(os.environ["MLFLOW_TRACKING_URI"])
     assert run.info.status == "FAILED" and lookup.search_versions("") == []
+    assert run.data.tags["error"] == "parameter depth: invalid integer value: 'abc'"

@@ -42,8 +42,8 @@ class ModelConfig:
             raise ValueError(
                 f"depth={self.depth!r} is not 6n+2 with n >= 1; use one of 8, 14, 20, 26, 32, 38, 44, 56, 110, 164"
             )
-        if not self.width > 0:
-            raise ValueError(f"width={self.width!r} must be a positive multiplier, such as 1, 2 or 0.5")
+        if not 0 < self.width < 1e4:  # also refuses inf and nan
+            raise ValueError(f"width={self.width!r} must be a positive multiplier below 10,000, such as 1, 2 or 0.5")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"num_classes={self.num_classes!r} must be an integer >= 2")
 

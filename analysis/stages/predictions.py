@@ -43,13 +43,18 @@ class PredictionsOutcome:
 def group_uris(spec: str, which: str) -> list[str]:
     """A registry filter ("name='cifar10-resnet20-w4'") or comma-separated models:/ URIs."""
     spec = spec.strip()
-    if not spec:
-        raise ValueError(f"{which} is empty; give a registry filter such as \"name='cifar10-resnet20-w4'\" or models:/ URIs")
     return split_uris(spec) if spec.startswith("models:/") else uris_matching(spec, which)
 
 
 def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutations: int = 9999, device: str = "auto",
                       data_dir: str = "", run_name: str = "predictions") -> PredictionsOutcome:
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha={alpha!r} is not allowed; use a false discovery rate in (0, 1), e.g. 0.05")
+    if permutations < 1:
+        raise ValueError(f"permutations={permutations!r} is not allowed; use an integer >= 1 (the default: 9999)")
+    for spec, which in ((group_a, "group_a"), (group_b, "group_b")):
+        if not spec.strip():
+            raise ValueError(f"{which} is empty; give a registry filter such as \"name='cifar10-resnet20-w4'\" or models:/ URIs")
     params = {"group_a": group_a, "group_b": group_b, "alpha": alpha, "permutations": permutations, "device": device,
               "data_dir": data_dir}
     with stage_run("predictions", run_name, params) as run:

@@ -4,7 +4,8 @@ FAILED with the user's one-line error when they fail, and told apart from dead o
 `stage_run` is how every stage opens its run: the run that `mlflow run` created for an entry
 point (MLFLOW_RUN_ID), or a child of the active run when a stage calls another (a study's
 trainings, analyses, comparison and predictions; a sweep's cells). `reap_dead_runs` (called as
-every entry point starts) ends as KILLED the runs of this host whose process no longer exists.
+every top-level stage starts, after its parameters were checked) ends as KILLED the runs of this
+host whose process no longer exists.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def stage_run(kind: str, run_name: str | None = None, params: dict | None = None
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
     nested = parent_run_id is not None or mlflow.active_run() is not None
+    if not nested:
+        reap_dead_runs()
     with start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run:
         mlflow.set_tag(KIND, kind)
         if run_name and not nested and run.info.run_name != run_name:

@@ -1,0 +1,181 @@
+"""Every bad input tried against the entry points, and the one line a user gets for it.
+
+Each row runs the entry point as `mlflow run` would run it (parse, check, work), on a tracking
+store and an Optuna storage that do not exist yet. A bad value must fail with exit status 2 and one
+line on stderr that names the parameter, before any work: no store or study is created, no data is
+decoded, and no folder the user named is created. Rows marked `store` need a registry to look up,
+and run on an existing, empty store instead.
+
+docs/bad-inputs.md is this table with the messages as they are today; regenerate it with
+`python -m tests.test_bad_inputs` (a test fails when it drifts).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from entrypoints.common import run_main
+from tests.conftest import REPO
+
+DOC = REPO / "docs" / "bad-inputs.md"
+REGENERATE_ENV = "WIDEDEEP_REGENERATE_DOCS"
+
+# (entry point, arguments, a fragment the message must hold, needs an existing store)
+ROWS: list[tuple[str, str, str, bool]] = [
+    ("train", "--depth abc", "parameter depth: invalid integer value: 'abc'", False),
+    ("train", "--depth 8.5", "depth: invalid integer value: '8.5' (give a whole number)", False),
+    ("train", "--depth 9", "depth=9 is not 6n+2", False),
+    ("train", "--width inf", "width: invalid number: 'inf' (give a finite number)", False),
+    ("train", "--width nan", "width: invalid number: 'nan'", False),
+    ("train", "--width 0", "width=0.0 must be a positive multiplier", False),
+    ("train", "--width 1e6", "width=1000000.0 must be a positive multiplier below 10,000", False),
+    ("train", "--data_fraction 0", "data_fraction=0.0 is not allowed; use in (0, 1]", False),
+    ("train", "--data_fraction 1.5", "data_fraction=1.5 is not allowed", False),
+    ("train", "--epochs -1", "epochs=-1 is not allowed; use an integer >= 1, or 0 for the preset's count", False),
+    ("train", "--epochs 2.5", "epochs: invalid integer value: '2.5'", False),
+    ("train", "--batch_size 1", "batch_size=1 is not allowed; use an integer >= 2", False),
+    ("train", "--lr 0", "lr=0.0 is not allowed; use a positive float", False),
+    ("train", "--lr inf", "lr: invalid number: 'inf'", False),
+    ("train", "--momentum 1", "momentum=1.0 is not allowed; use in [0, 1)", False),
+    ("train", "--weight_decay -1", "weight_decay=-1.0 is not allowed", False),
+    ("train", "--eval_every 0", "eval_every=0 is not allowed", False),
+    ("train", "--dataset mnist", "dataset='mnist' is not allowed; use one of cifar10, cifar100, imagefolder", False),
+    ("train", "--device tpu", "device='tpu' is not allowed; use one of auto, cpu, cuda", False),
+    ("train", "--preset huge", "parameter preset: invalid choice: 'huge'", False),
+    ("train", "--compile maybe", "parameter compile: invalid choice: 'maybe'", False),
+    ("train", "--data_dir {tmp}/nowhere", "data_dir='{tmp}/nowhere' does not exist", False),
+    ("analyze", "", "no models given", False),
+    ("analyze", "--models models:/m/1 --batch_size 3", "batch_size=3 is not allowed; use an integer >= 4", False),
+    ("analyze", "--models models:/m/1 --num_examples 2", "num_examples=2 is not allowed; use 0 or an integer >= 4", False),
+    ("analyze", "--models models:/m/1 --num_examples -5", "num_examples=-5 is not allowed", False),
+    ("analyze", "--models models:/m/1 --passes 0", "passes=0 is not allowed; use an integer >= 1", False),
+    ("analyze", "--models models:/m/1 --analyses pca", "analyses='cka,pca' has unknown names ['pca']", False),
+    ("analyze", "--models models:/m/1 --layers some", "parameter layers: invalid choice: 'some'", False),
+    ("analyze", "--models models:/m/1 --precision fp8", "parameter precision: invalid choice: 'fp8'", False),
+    ("analyze", "--models models:/m/1 --pc_iterations 0", "pc_iterations=0 is not allowed", False),
+    ("analyze", "--models models:/m/1 --probe_examples -1", "probe_examples=-1 is not allowed", False),
+    ("analyze", "--models models:/m/1 --probe_pool 0", "probe_pool=0 is not allowed", False),
+    ("analyze", "--models models:/m/1 --probe_train all", "probe_train='all' is not allowed; use one of subset, full, both", False),
+    ("analyze", "--models models:/m/1 --device tpu", "device='tpu' is not one of auto, cpu, cuda", False),
+    ("analyze", "--models models:/m/1 --dataset mnist", "dataset='mnist' is not allowed", False),
+    ("analyze", "--models models:/m/1 --data_dir {tmp}/nowhere", "data_dir='{tmp}/nowhere' does not exist", False),
+    ("analyze", "--models cifar10-resnet20-w1", "is not a registry URI; write models:/NAME/VERSION", True),
+    ("analyze", "--models models:/nothing/1", "model 'models:/nothing/1' is not in the registry", True),
+    ("analyze", "--search name=", "registry filter 'name=' is not valid", True),
+    ("analyze", "--search \"name='nothing'\"", "search=\"name='nothing'\" matches no registered model version", True),
+    ("sweep", "--workers 0", "workers=0 is not allowed; use an integer >= 1", False),
+    ("sweep", "--mode search --n_trials 0", "n_trials=0 is not allowed; use an integer >= 1", False),
+    ("sweep", "--mode search --val_fraction 1", "val_fraction=1.0 is not allowed; use a share in (0, 1)", False),
+    ("sweep", "--mode bogus", "parameter mode: invalid choice: 'bogus'", False),
+    ("sweep", "--depths 8,9", "depth=9 is not 6n+2", False),
+    ("sweep", "--widths 1,abc", "widths='1,abc' is not a comma-separated list of floats", False),
+    ("sweep", "--widths 1,inf", "width=inf must be a positive multiplier", False),
+    ("sweep", "--seeds ,", "seeds is empty; give at least one value", False),
+    ("sweep", "--data_fractions 0.5,2", "data_fraction=2.0 is not allowed", False),
+    ("sweep", "--epochs -3", "epochs=-3 is not allowed", False),
+    ("compare", "--data_fraction abc", "data_fraction='abc' is not a number", False),
+    ("compare", "--min_epochs -1", "min_epochs=-1 is not allowed; use an integer >= 0", False),
+    ("compare", "--source xml", "parameter source: invalid choice: 'xml'", False),
+    ("predictions", "", "the following arguments are required: --group_a, --group_b", False),
+    ("predictions", "--group_a x --group_b y --alpha 2", "alpha=2.0 is not allowed; use a false discovery rate in (0, 1)", False),
+    ("predictions", "--group_a x --group_b y --permutations 0", "permutations=0 is not allowed; use an integer >= 1", False),
+    ("predictions", "--group_a ' ' --group_b y", "group_a is empty", False),
+    ("predictions", "--group_a x --group_b y --device tpu", "device='tpu' is not one of auto, cpu, cuda", False),
+    ("predictions", "--group_a name= --group_b \"name='b'\"", "registry filter 'name=' is not valid", True),
+    ("study", "--preset huge", "preset='huge' is unknown; use one of smoke, cpu, gpu, paper", False),
+    ("study", "--device tpu", "device='tpu' is not one of auto, cpu, cuda", False),
+    ("study", "--dataset mnist", "dataset='mnist' is not allowed", False),
+    ("study", "--data_dir {tmp}/nowhere", "data_dir='{tmp}/nowhere' does not exist", False),
+]
+
+
+def run_row(entry: str, args: str, tmp: Path, capsys) -> tuple[int, str]:
+    """Run one entry point in this process as `python -m entrypoints.<entry> args` would."""
+    import shlex
+
+    module = importlib.import_module(f"entrypoints.{entry}")
+    argv = shlex.split(args.replace("{tmp}", str(tmp)))
+    code = run_main(lambda: module.main(module.parse_args(argv)))
+    return code, capsys.readouterr().err
+
+
+def nothing_yet(tmp: Path, monkeypatch, tiny_data: Path, store_template: Path, needs_store: bool) -> None:
+    """Work in `tmp`: a tracking store and an Optuna storage there that do not exist yet (or an
+    empty store, for rows that look models up), an empty cache, the tiny data set."""
+    tmp.mkdir(exist_ok=True)
+    if needs_store:
+        shutil.copy(store_template, tmp / "mlflow.db")
+    monkeypatch.chdir(tmp)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("WIDEDEEP_OPTUNA_STORAGE", f"sqlite:///{tmp / 'optuna.db'}")
+    monkeypatch.setenv("WIDEDEEP_DATA_DIR", str(tiny_data))
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp / "cache"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+
+
+@pytest.fixture(autouse=True)
+def _reset_tracking():
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize("entry,args,fragment,needs_store", ROWS, ids=[f"{r[0]} {r[1]}" for r in ROWS])
+def test_a_bad_input_fails_in_one_line_before_any_work(entry, args, fragment, needs_store, tmp_path, monkeypatch, tiny_data,
+                                                       store_template, capsys):
+    tmp = tmp_path / "work"
+    nothing_yet(tmp, monkeypatch, tiny_data, store_template, needs_store)
+    code, err = run_row(entry, args, tmp, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert fragment.replace("{tmp}", str(tmp)) in err
+    assert "Traceback" not in err
+    assert (tmp / "mlflow.db").exists() == needs_store  # no store created
+    assert not (tmp / "optuna.db").exists()  # no study created
+    assert not (tmp / "cache").exists()  # no data decoded, no checkpoint written
+    assert not (tmp / "nowhere").exists()  # a named folder is never created
+
+
+def test_the_table_of_bad_inputs_in_docs_is_current(tmp_path, monkeypatch, tiny_data, store_template, capsys):
+    """docs/bad-inputs.md lists every row with the message it gives today."""
+    text = render(tmp_path, monkeypatch, tiny_data, store_template, capsys)
+    if os.environ.get(REGENERATE_ENV):
+        DOC.write_text(text)
+    assert DOC.read_text() == text
+
+
+def render(tmp_path: Path, monkeypatch, tiny_data: Path, store_template: Path, capsys) -> str:
+    lines = [
+        "# Bad inputs and what a user sees",
+        "",
+        "Every row is a test (`tests/test_bad_inputs.py`): the entry point, given these arguments (as",
+        "`-P name=value` through `mlflow run`), fails with exit status 2 and this one line, before it",
+        "touches data, the tracking store or a study (rows marked *registry* look models up in an",
+        "existing store). Under `mlflow run` the run ends FAILED with the line as its `error` tag.",
+        "Regenerate with `python -m tests.test_bad_inputs`.",
+        "",
+        "| entry point | arguments | message |",
+        "| --- | --- | --- |",
+    ]
+    for i, (entry, args, _, needs_store) in enumerate(ROWS):
+        tmp = tmp_path / f"row{i}"  # a store per row: MLflow keeps one engine per URI in the process
+        nothing_yet(tmp, monkeypatch, tiny_data, store_template, needs_store)
+        _, err = run_row(entry, args, tmp, capsys)
+        message = err.strip().removeprefix("error: ").replace(str(tmp), "/tmp/x").replace("|", "\\|")
+        shown = re.sub(r"--(\w+) ", r"\1=", args.replace("{tmp}", "/tmp/x")) or "(none)"
+        lines.append(f"| {entry} | `{shown}`{' (registry)' if needs_store else ''} | {message} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # regenerate docs/bad-inputs.md
+    os.environ[REGENERATE_ENV] = "1"
+    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", f"{__file__}::test_the_table_of_bad_inputs_in_docs_is_current"]))
