@@ -155,14 +155,35 @@ def concurrent_trains(uri: str) -> None:
     assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
 
 
-def test_four_trains_at_once_on_one_sqlite_store(store):
-    concurrent_trains(os.environ["MLFLOW_TRACKING_URI"])
+def test_four_trains_at_once_on_a_fresh_sqlite_store(store):
+    """No store exists yet: the four processes create it under the project's lock."""
+    fresh = f"sqlite:///{store / 'fresh.db'}"
+    mlflow.set_tracking_uri(fresh)
+    concurrent_trains(fresh)
 
 
 @pytest.mark.postgres
-def test_four_trains_at_once_on_postgresql(pg_store):
-    mlflow.search_experiments()  # create the schema once, before the writers start
-    concurrent_trains(pg_store)
+def test_four_trains_at_once_on_a_fresh_postgresql_database(pg_store):
+    concurrent_trains(pg_store)  # the database is empty: its schema is created under an advisory lock
+
+
+def test_four_mlflow_runs_at_once_after_the_one_time_store_initialisation(store):
+    """`mlflow run` opens the store before project code runs, so a fresh store is first created
+    with `python -m analysis.store.init`, as the README says; then four runs at once all finish."""
+    fresh = f"sqlite:///{store / 'fresh.db'}"
+    init = subprocess.run([sys.executable, "-m", "analysis.store.init", "--tracking_uri", fresh, "--optuna",
+                           f"sqlite:///{store / 'optuna.db'}"], cwd=store, env=subprocess_env(), capture_output=True, text=True)
+    assert init.returncode == 0 and init.stdout.count("ready: ") == 2, init.stderr[-2000:]
+    tiny = ["-P", "depth=8", "-P", "width=0.25", "-P", "epochs=1", "-P", "batch_size=50", "-P", "device=cpu"]
+    procs = [subprocess.Popen([sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-e", "train", *tiny,
+                               "-P", f"seed={seed}"], cwd=store, env=subprocess_env(MLFLOW_TRACKING_URI=fresh, OMP_NUM_THREADS="1"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in range(4)]
+    for proc in procs:
+        finish(proc)
+    mlflow.set_tracking_uri(fresh)
+    found = runs(fresh)
+    assert len(found) == 4 and {r.info.status for r in found} == {"FINISHED"}
+    assert sorted(v.tags["seed"] for v in lookup.search_versions("")) == ["0", "1", "2", "3"]
 
 
 @pytest.mark.postgres

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from ..config import SWEEP_HEARTBEAT_SECONDS, SWEEP_MAX_RETRIES
+from .tracking import store_lock
 
 __all__ = ["STORAGE_ENV", "HEARTBEAT_SECONDS", "GRACE_SECONDS", "storage_url", "redact", "storage", "open_study"]
 
@@ -43,13 +44,15 @@ def redact(url: str) -> str:
 
 
 def storage(url: str) -> RDBStorage:
-    return RDBStorage(
-        url,
-        heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=GRACE_SECONDS,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=SWEEP_MAX_RETRIES),
-        engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-    )
+    """The storage, its tables created under the project's store lock if it is new."""
+    with store_lock(url):
+        return RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=SWEEP_MAX_RETRIES),
+            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+        )
 
 
 def open_study(url: str, name: str, direction: str = "maximize", sampler=None, pruner=None, attempts: int = 6) -> optuna.Study:

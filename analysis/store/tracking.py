@@ -11,22 +11,67 @@ host whose process no longer exists.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
+from pathlib import Path
 from typing import Iterator
 
 import mlflow
+import sqlalchemy as sa
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from .contract import ERROR, KIND, KINDS, PROCESS_HOST, PROCESS_PID
 
-__all__ = ["start_run", "stage_run", "log_params_once", "fail_run", "reap_dead_runs", "mark_dead_run", "first_line"]
+__all__ = ["start_run", "stage_run", "log_params_once", "fail_run", "reap_dead_runs", "mark_dead_run", "first_line",
+           "store_lock", "ensure_tracking_store"]
+
+PG_LOCK_KEY = 20210401  # pg_advisory_lock key of every store creation by this project
 
 
 def first_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+@contextlib.contextmanager
+def store_lock(url: str) -> Iterator[None]:
+    """Hold a lock that every process of this project takes to create a database store: an
+    flock on `<file>.lock` beside a SQLite file, an advisory lock on PostgreSQL; nothing for
+    other URIs (an MLflow server creates its own store once, before it serves)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        yield  # http://, file:, databricks: not a database this process creates
+        return
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        lock = Path(parsed.database).with_name(Path(parsed.database).name + ".lock")
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+    elif backend == "postgresql":
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
+        finally:
+            engine.dispose()
+    else:
+        yield
+
+
+def ensure_tracking_store(uri: str | None = None) -> None:
+    """Create the tracking store's schema if it is new, under `store_lock`, so that processes
+    starting at once on a fresh store do not race on its creation. Cheap once it exists."""
+    uri = uri or mlflow.get_tracking_uri()
+    with store_lock(uri):
+        MlflowClient(uri).search_experiments(max_results=1)
 
 
 @contextlib.contextmanager
@@ -51,6 +96,7 @@ def stage_run(kind: str, run_name: str | None = None, params: dict | None = None
         raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
     nested = parent_run_id is not None or mlflow.active_run() is not None
     if not nested:
+        ensure_tracking_store()
         reap_dead_runs()
     with start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run:
         mlflow.set_tag(KIND, kind)
