@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.stages.compare import SOURCES, compare_stage
+from analysis.stages.compare import SOURCES, compare_stage, sql_database
 from entrypoints.common import Parser, require, run_main, whole_number
 
 
@@ -20,6 +20,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data_fraction", default="", help="only this data fraction (default: all)")
     p.add_argument("--min_epochs", type=whole_number, default=0, help="only models trained at least this long")
     p.add_argument("--source", default="api", choices=SOURCES, help="tracking API, or SQL on the tracking DB")
+    p.add_argument("--database", default="", help="source=sql behind an MLflow server: the server's backend store URI")
     return p
 
 
@@ -36,7 +37,8 @@ def fraction(text: str) -> float | None:
 
 def main(args: argparse.Namespace) -> None:
     require(args.min_epochs >= 0, "min_epochs", args.min_epochs, "an integer >= 0")
-    outcome = compare_stage(args.dataset, fraction(args.data_fraction), args.min_epochs, args.source)
+    sql_database(args.source, args.database)  # checked before the run opens
+    outcome = compare_stage(args.dataset, fraction(args.data_fraction), args.min_epochs, args.source, database=args.database)
     print(outcome.table.to_string(index=False))
     print(f"compared {len(outcome.rows)} analysed model(s) in {len(outcome.table)} cell(s): run {outcome.run_id}")
 

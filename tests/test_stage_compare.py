@@ -47,3 +47,58 @@ def test_mlflow_run_compare_assembles_heatmap_grid_from_real_analyses(store):
     assert "heatmaps_fraction_1.png" in files and "block_vs_width.png" in files
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="comparison/table.csv"))
     assert list(table["width"]) == [0.25, 0.5] and list(table["seeds"]) == [1, 1]
+
+
+def test_sql_behind_a_server_without_its_database_is_refused_before_the_run(store, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens: refused before contacting it
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    assert run_compare("--source", "sql") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass the server's backend store as -P database=" in err
+
+
+@pytest.mark.slow
+def test_sql_reads_the_database_while_the_run_goes_through_the_server(tmp_path, monkeypatch):
+    """The README's scale-out setup: workers log through `mlflow server`; compare reads the
+    server's database with SQL (-P database=) and logs its run and artifacts through the server."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import subprocess_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    database = f"sqlite:///{tmp_path / 'server.db'}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", database, "--artifacts-destination", str(tmp_path / "artifacts")],
+        env=subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        server_uri = f"http://127.0.0.1:{port}"
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server_uri)
+        mlflow.set_tracking_uri(server_uri)
+        populate()
+        assert run_compare("--source", "sql", "--database", database) == 0
+        (run,) = runs_of("compare")
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+        files = {f.path.split("/")[-1] for f in MlflowClient().list_artifacts(run.info.run_id, c.COMPARISON_DIR)}
+        assert "models.csv" in files
+        assert list((tmp_path / "artifacts").rglob("models.csv"))  # written through the server, into its store
+    finally:
+        mlflow.set_tracking_uri(None)
+        server.terminate()
+        server.wait(timeout=30)

@@ -89,17 +89,20 @@ def test_a_worker_killed_mid_trial_has_its_cell_completed_by_a_rerun(pg_store, o
     assert run_sweep(*grid, "--storage", optuna_pg_url, "--study", "shared", "--mode", "setup") == 0
     checkpoints = cache_root / "checkpoints"
     before = set(checkpoints.glob("*.safetensors"))  # the cache is shared by the session's tests
-    victim = worker(pg_store, optuna_pg_url, *grid)
+    victim = worker(pg_store, optuna_pg_url, *grid, heartbeat="4")
     deadline = time.time() + 300
     while not (set(checkpoints.glob("*.safetensors")) - before):  # mid-trial: the victim finished an epoch
         assert time.time() < deadline and victim.poll() is None, "the worker never reached its first checkpoint"
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    time.sleep(4)  # the victim's heartbeat (1 s) goes stale after the grace period (3 s)
-    rerun = worker(pg_store, optuna_pg_url, *grid)
+    # Restarted at once, as the README's recipe would be: the dead worker's cell still looks held.
+    # The new worker trains the other cell, waits until the dead heartbeat (4 s) is stale (12 s),
+    # then takes the dead cell over; it does not report success with the grid incomplete.
+    rerun = worker(pg_store, optuna_pg_url, *grid, heartbeat="4")
     _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err[-2000:]
+    assert "waiting for 1 cell(s) held by other workers (d8-w0.25-s" in err, err
 
     assert all_versions() == [("cifar10-resnet8-w0.25", "0", "0.25"), ("cifar10-resnet8-w0.25", "1", "0.25")]
     runs = training_runs()
@@ -111,6 +114,7 @@ def test_a_worker_killed_mid_trial_has_its_cell_completed_by_a_rerun(pg_store, o
     assert len(resumed) == 1 and resumed[0].info.status == "FINISHED"
     study = optuna.load_study(study_name="shared", storage=optuna_pg_url)
     assert sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials) == 1
+    assert not [t for t in study.trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
     assert set(checkpoints.glob("*.safetensors")) <= before  # both cells registered: no checkpoint of theirs left
 
 

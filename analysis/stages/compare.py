@@ -21,6 +21,7 @@ from ..render import write_comparison
 from ..store import contract as c
 from ..store import queries
 from ..store.results import heatmap_cells
+from ..store.studies import redact
 from ..store.tracking import stage_run
 
 __all__ = ["CompareOutcome", "compare_stage", "load_rows"]
@@ -34,25 +35,35 @@ class CompareOutcome:
     table: pd.DataFrame  # aggregated over seeds
 
 
-def load_rows(source: str) -> pd.DataFrame:
+def sql_database(source: str, database: str = "") -> str | None:
+    """The database that source=sql reads: `database`, else the tracking URI when it is one (None
+    for source=api). Behind an MLflow server, give the server's database: SQL reads it directly
+    while the compare run and its artifacts still go through the server."""
     if source not in SOURCES:
         raise ValueError(f"source={source!r} is not one of {', '.join(SOURCES)}")
     if source == "api":
-        return queries.analysed_models_api()
-    uri = mlflow.get_tracking_uri()
+        return None
+    uri = database or mlflow.get_tracking_uri()
     if not queries.is_database_uri(uri):
-        raise ValueError(f"source=sql needs a database tracking URI, not {uri!r}; use source=api")
-    return queries.analysed_models_sql(uri)
+        raise ValueError(f"source=sql needs a database, and the tracking URI is {redact(uri)!r}; pass the server's "
+                         "backend store as -P database=postgresql+psycopg2://..., or use source=api")
+    return uri
+
+
+def load_rows(source: str, database: str = "") -> pd.DataFrame:
+    uri = sql_database(source, database)
+    return queries.analysed_models_api() if uri is None else queries.analysed_models_sql(uri)
 
 
 def compare_stage(dataset: str = "", data_fraction: float | None = None, min_epochs: int = 0, source: str = "api",
-                  versions: Collection[tuple[str, str]] | None = None, run_name: str = "compare") -> CompareOutcome:
+                  versions: Collection[tuple[str, str]] | None = None, run_name: str = "compare",
+                  database: str = "") -> CompareOutcome:
     """Compare the analysed versions that match the filters (and are in `versions`, (name,
     version) pairs, when given), in a run of kind compare."""
     params = {"dataset": dataset, "data_fraction": "" if data_fraction is None else data_fraction,
-              "min_epochs": min_epochs, "source": source}
+              "min_epochs": min_epochs, "source": source, "database": redact(database)}
     with stage_run("compare", run_name, params) as run:
-        rows = queries.filter_rows(load_rows(source), dataset, data_fraction, min_epochs)
+        rows = queries.filter_rows(load_rows(source, database), dataset, data_fraction, min_epochs)
         if versions is not None:
             keep = {(n, str(v)) for n, v in versions}
             rows = rows[[(n, str(v)) in keep for n, v in zip(rows[c.MODEL_NAME], rows[c.MODEL_VERSION])]]

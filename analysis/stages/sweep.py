@@ -24,20 +24,22 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Callable, Sequence
 
 import mlflow
 import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from ..config import SWEEP_MAX_RETRIES, Grid, TrainConfig
 from ..data import load_dataset
 from ..store import contract as c
-from ..store.studies import open_study, redact
+from ..store.studies import GRACE_SECONDS, HEARTBEAT_SECONDS, open_study, redact
 from ..store.tracking import mark_dead_run, stage_run
 from ..training import train
-from .train import registered_version, train_stage
+from .train import cell_label, registered_version, train_stage
 
 __all__ = ["MODES", "WORKER_PARENT_ENV", "default_study_name", "grid_study", "run_grid", "work", "sweep_stage"]
 
@@ -91,13 +93,47 @@ def grid_objective(grid: Grid, base: TrainConfig, parent_run_id: str) -> Callabl
 
 
 def run_grid(study: optuna.Study, grid: Grid, base: TrainConfig, parent_run_id: str) -> None:
-    """Take cells until the grid is covered (GridSampler stops the study then). A rerun of a
-    finished grid returns at once."""
-    done = [t.params for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    if all(any(_same_cell(d, cell) for d in done) for cell in grid.cells()):
-        return
-    study.optimize(grid_objective(grid, base, parent_run_id), n_trials=grid.size * (SWEEP_MAX_RETRIES + 2),
-                   catch=(), gc_after_trial=True)
+    """Take cells until every cell of the grid is complete, whoever completes it. A rerun of a
+    finished grid returns at once.
+
+    GridSampler stops a worker once every cell has been handed out, which is not the same as done:
+    a cell can be held by another worker, live or dead, or have failed. So the worker goes on:
+    cells held by others are waited for (a dead worker's trial is failed once its heartbeat is
+    GRACE_SECONDS stale and re-queued, then taken here); failed cells are queued again and
+    trained here, and a failure of the training itself ends this worker with an error."""
+    objective = grid_objective(grid, base, parent_run_id)
+    sampled = False
+    waited = False
+    while True:
+        held = _unfinished_cells(study, grid)
+        if not held:
+            return
+        idle = [cell for cell, states in held if not states & {TrialState.RUNNING, TrialState.WAITING}]
+        queued = any(TrialState.WAITING in states for _, states in held)
+        if sampled:
+            for cell in idle:  # failed (and out of automatic retries), or never drawn
+                study.enqueue_trial(cell, skip_if_exists=False)
+        if not sampled or idle or queued:
+            sampled = True
+            study.optimize(objective, n_trials=grid.size * (SWEEP_MAX_RETRIES + 2), catch=(), gc_after_trial=True)
+            continue
+        if not waited:
+            waited = True
+            print(f"waiting for {len(held)} cell(s) held by other workers ({', '.join(cell_label(dataclasses.replace(base, **cell)) for cell, _ in held)}); "
+                  f"a dead worker's cell is taken over once its heartbeat is {GRACE_SECONDS} s stale", file=sys.stderr)
+        optuna.storages.fail_stale_trials(study)  # re-queues a dead worker's cell (RetryHeartbeatStaleTrialCallback)
+        time.sleep(HEARTBEAT_SECONDS)
+
+
+def _unfinished_cells(study: optuna.Study, grid: Grid) -> list[tuple[dict, set[TrialState]]]:
+    """The cells with no complete trial, each with the states of its trials."""
+    trials = study.get_trials(deepcopy=False)
+    out = []
+    for cell in grid.cells():
+        states = {t.state for t in trials if _same_cell(t.params or t.system_attrs.get("fixed_params", {}), cell)}
+        if TrialState.COMPLETE not in states:
+            out.append((cell, states))
+    return out
 
 
 def search_objective(base: TrainConfig, parent_run_id: str, val_fraction: float) -> Callable[[optuna.Trial], float]:
