@@ -11,6 +11,9 @@ from analysis.store import contract as c
 from analysis.store import lookup, model_files
 
 
+EXAMPLE = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
 def register_model(depth: int = 8, width: float = 0.25, seed: int = 0, dataset: str = "cifar10",
                    **tags: str) -> ModelVersion:
     """A seeded random ResNet registered under its architecture's name, with the version tags
@@ -20,9 +23,9 @@ def register_model(depth: int = 8, width: float = 0.25, seed: int = 0, dataset: 
     version_tags = {"dataset": dataset, "depth": str(depth), "width": f"{width:g}", "seed": str(seed),
                     "data_fraction": "1", "epochs": "1", c.TEST_ACCURACY: "0.1", c.TRAIN_ACCURACY: "0.1",
                     c.LINEAGE: f"{dataset}-{depth}-{width}-{seed}-{tags.get('data_fraction', '1')}", **tags}
-    with mlflow.start_run() as run:
-        return model_files.register(model, model.config, lookup.registered_name(dataset, depth, width), run.info.run_id,
-                                    version_tags, {"dataset": dataset})
+    with mlflow.start_run():
+        return model_files.register(model, model.config, lookup.registered_name(dataset, depth, width), version_tags,
+                                    {"dataset": dataset}, example=EXAMPLE)
 
 
 def uri(version: ModelVersion) -> str:

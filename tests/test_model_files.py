@@ -1,21 +1,24 @@
 import json
 
 import mlflow
+import numpy as np
 import pytest
 import torch
+from mlflow import MlflowClient
 from safetensors.torch import save_file
 
 from analysis import registry
 from analysis.store import contract, lookup, model_files
-from analysis.nets import ModelConfig, build_model
+from analysis.nets import ModelConfig, build_model, predict_logits
+from tests.fake_store import EXAMPLE
 
 
 def register_tiny(seed: int = 0, lineage: str = "a") -> tuple[torch.nn.Module, str]:
     torch.manual_seed(seed)
     model = build_model(ModelConfig(8, 0.25)).eval()
-    with mlflow.start_run() as run:
-        version = model_files.register(model, model.config, "cifar10-resnet8-w0.25", run.info.run_id,
-                                    {"seed": str(seed), "lineage": lineage}, {"dataset": "cifar10"})
+    with mlflow.start_run():
+        version = model_files.register(model, model.config, "cifar10-resnet8-w0.25", {"seed": str(seed), "lineage": lineage},
+                                       {"dataset": "cifar10"}, example=EXAMPLE, params={"depth": 8}, metrics={"test_accuracy": 0.25})
     return model, str(version.version)
 
 
@@ -95,3 +98,61 @@ def test_a_planted_pickle_is_never_loaded(model_dir, tmp_path):
     (model_dir / "data.pkl").write_bytes((model_dir / "model.pt").read_bytes())
     model_files.read_model_files(model_dir, "models:/x/1")
     assert not marker.exists()
+
+
+def test_a_version_is_an_mlflow_model_that_pyfunc_serves_without_pickle(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    _, version = register_tiny()
+    uri = f"models:/cifar10-resnet8-w0.25/{version}"
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    served = mlflow.pyfunc.load_model(uri)
+    logits = served.predict(images.numpy())
+    assert logits.dtype == np.float32 and logits.shape == (6, 10)
+    expected = predict_logits(registry.load_model(uri).model, images).numpy()
+    assert np.array_equal(logits, expected)  # the same network as the project's own loader
+
+    info = mlflow.models.get_model_info(uri)
+    (inputs,), (outputs,) = info.signature.inputs.inputs, info.signature.outputs.inputs
+    assert inputs.type == np.dtype(np.uint8) and inputs.shape == (-1, 3, 32, 32)
+    assert outputs.type == np.dtype(np.float32) and outputs.shape == (-1, 10)
+    logged = mlflow.get_logged_model(info.model_id)
+    assert logged.name == "cifar10-resnet8-w0_25" and logged.params["depth"] == "8"
+    assert {m.key: m.value for m in logged.metrics}["test_accuracy"] == 0.25
+    assert logged.source_run_id == MlflowClient().get_model_version("cifar10-resnet8-w0.25", version).run_id
+    with pytest.raises(Exception, match="uint8"):
+        served.predict(images.float().numpy())
+
+
+def test_versions_registered_before_the_mlflow_model_layout_still_load(store, tmp_path):
+    """Earlier releases logged the two files alone at the model's root, with no MLmodel."""
+    model = build_model(ModelConfig(8, 0.25)).eval()
+    model_files.write_model_files(tmp_path, model, model.config, {"dataset": "cifar10"})
+    with mlflow.start_run() as run:
+        logged = mlflow.initialize_logged_model(name="resnet", source_run_id=run.info.run_id)
+        MlflowClient().log_model_artifacts(logged.model_id, str(tmp_path))
+        mlflow.finalize_logged_model(logged.model_id, "READY")
+    version = mlflow.register_model(f"models:/{logged.model_id}", "cifar10-resnet8-w0.25")
+    loaded = registry.load_model(f"models:/cifar10-resnet8-w0.25/{version.version}")
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.equal(loaded.model(x), model(x))
+
+
+@pytest.mark.slow
+def test_mlflow_models_predict_serves_a_version(store, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    _, version = register_tiny()
+    uri = f"models:/cifar10-resnet8-w0.25/{version}"
+    images = np.random.default_rng(2).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    (tmp_path / "input.json").write_text(json.dumps({"inputs": images.tolist()}))
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", uri, "-i", str(tmp_path / "input.json"),
+                           "-t", "json", "-o", str(tmp_path / "out.json"), "--env-manager", "local"],
+                          env=subprocess_env(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    predictions = np.array(json.loads((tmp_path / "out.json").read_text())["predictions"], dtype=np.float32)
+    expected = predict_logits(registry.load_model(uri).model, torch.from_numpy(images)).numpy()
+    assert np.allclose(predictions, expected, atol=1e-5)

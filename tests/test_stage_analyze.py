@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from analysis.config import AnalysisOptions
+from analysis.data import indices_hash
 from analysis.nets import ModelConfig, layer_names
+from analysis.stages.analyze import example_indices
 from analysis.store import contract as c
 from entrypoints import analyze as analyze_entry
 from entrypoints.common import run_main
@@ -38,7 +41,8 @@ def test_mlflow_run_analyze_logs_every_artifact_and_tags_the_version(store):
                       "-P", "passes=2", "-P", "device=cpu", "-P", "analyses=cka,pc,probes,deletion",
                       "-P", "probe_examples=200", cwd=store)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = runs_of("analyze")
+    parent, run = sorted(runs_of("analyze"), key=lambda r: c.ANALYSIS_MODEL_URI in r.data.tags)
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert run.info.status == "FINISHED" and run.data.tags[c.ANALYSIS_MODEL_URI] == uri
     files = {f.path for f in MlflowClient().list_artifacts(run.info.run_id, "cka")}
     expected = {"cka.npy", "cka.csv", "heatmap.png", "summary.json", "cka_without_pc1.npy", "cka_without_pc1.csv",
@@ -64,8 +68,14 @@ def test_several_models_give_nested_runs_and_cross_heatmaps(store):
     assert run_analyze("--models", a, "--layers", "blocks") == 0
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     parent = next(r for r in runs if "analysis.models" in r.data.tags)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 0  # one model: analysed on the run itself
+    (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    # The version's config as params, so MLflow's compare view plots block metrics against width.
+    assert {k: child.data.params[k] for k in c.VERSION_CONFIG} == {
+        "dataset": "cifar10", "depth": "8", "width": "0.25", "seed": "0", "data_fraction": "1", "epochs": "1"}
+    for r in (parent, child):  # the analysed examples, as the run's input dataset
+        (entry,) = r.inputs.dataset_inputs
+        assert entry.dataset.name == "cifar10-test-n60" and [t.value for t in entry.tags] == ["analysis"]
+        assert entry.dataset.digest == indices_hash(example_indices(100, AnalysisOptions(num_examples=60)))
     assert run_analyze("--search", f"name='{NAME}'", "--layers", "blocks") == 0
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time DESC"])
     parent = next(r for r in runs if r.data.tags.get("analysis.models", "").count(",") == 1)

@@ -136,3 +136,19 @@ def test_unreadable_images_left_out_are_counted_on_the_run(store, tiny_data, tmp
     assert "1 unreadable image(s) left out" in capsys.readouterr().err
     done = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list") if r.info.status == "FINISHED"]
     assert done[0].data.params["skipped_images"] == "1" and done[0].data.params["train_size"] == "299"
+
+
+def test_the_run_records_its_training_subset_and_the_version_is_a_servable_model(store, tiny_data):
+    assert run_train("--data_fraction", "0.5") == 0
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    version = MlflowClient().get_model_version("cifar10-resnet8-w0.25", "1")
+    ((entry,), ) = [run.inputs.dataset_inputs]
+    assert entry.dataset.name == "cifar10-f0.5" and entry.dataset.digest == version.tags["subset_hash"]
+    assert str(tiny_data.resolve()) in entry.dataset.source and [t.value for t in entry.tags] == ["training"]
+    info = mlflow.models.get_model_info("models:/cifar10-resnet8-w0.25/1")
+    logged = mlflow.get_logged_model(info.model_id)
+    assert logged.source_run_id == run.info.run_id
+    assert logged.params["depth"] == "8" and logged.params["data_fraction"] == "0.5"
+    metrics = {m.key: m.value for m in logged.metrics}
+    assert metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
+    assert info.signature.inputs.inputs[0].shape == (-1, 3, 32, 32)

@@ -20,6 +20,7 @@ either split, is refused: a model would otherwise be trained on fewer classes th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -124,7 +125,7 @@ def _load_image_folder(name: str, root: Path) -> ImageData:
             out[f"{split}_y"] = torch.tensor([index[c] for c in names], dtype=torch.int64)
         return out
 
-    return _from_cache(name, key, classes, decode)
+    return dataclasses.replace(_from_cache(name, key, classes, decode), source=str(root.resolve()))
 
 
 def _list_images(split_root: Path) -> list[tuple[str, Path]]:
@@ -196,7 +197,7 @@ def _load_torchvision(name: str, root: Path, download: bool) -> ImageData:
         out["classes"] = ds.classes
         return out
 
-    return _from_cache(name, key, None, decode)
+    return dataclasses.replace(_from_cache(name, key, None, decode), source=cls.url)
 
 
 def _from_cache(name: str, key: str, classes: tuple[str, ...] | None, decode) -> ImageData:

@@ -24,6 +24,7 @@ class ImageData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     skipped_images: int = 0  # unreadable files left out (WIDEDEEP_SKIP_BAD_IMAGES=1)
+    source: str = ""  # where the images came from: the data folder, or torchvision's download URL
 
     @property
     def num_classes(self) -> int:

@@ -7,9 +7,12 @@ Order, and what shares a forward pass:
 3. probes: one pass over the probe training examples, one over the analysed test examples.
 4. deletion: one pass over the analysed test examples per deletable block.
 
-Logging: one model is logged on the stage's run itself; several get one child run each (named
-after the model) under it, and the stage's run holds the cross-model matrices. Each model version
-is tagged with its metrics and the run that holds them.
+Logging: every model gets a child run of the stage's run, named after the model, holding its
+metrics, matrices and heatmaps and, as params, the version's depth, width, seed, data fraction,
+dataset and epochs (so MLflow's compare view plots block metrics against width or depth as is);
+the stage's run holds the analysis settings and, with several models, the cross-model matrices.
+Every run records the analysed test examples as its input dataset. Each model version is tagged
+with its metrics and the run that holds them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import dataclasses
 import tempfile
 from itertools import combinations
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import mlflow
 import torch
@@ -36,11 +39,12 @@ from ..science.pca import estimate_pc1
 from ..science.probes import fit_probes, probe_accuracy, probe_layers
 from ..science.similarity import ModelCKA, model_cka
 from ..store import contract as c
+from ..store.datasets import log_analysed_examples
 from ..store.lookup import tag_value
 from ..store.model_files import LoadedModel, load_model
 from ..store.tracking import stage_run
 
-__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "check_dataset"]
+__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "example_indices", "check_dataset"]
 
 
 @dataclasses.dataclass
@@ -59,8 +63,10 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
     with stage_run("analyze", run_name or f"analyze-{len(uris)}-models", params) as run:
         loaded = [load_model(uri, resolve_device(device)) for uri in uris]
         data = load_dataset(check_dataset(loaded, dataset), data_dir or None)
+        examples = example_indices(len(data.test_x), options)
+        log_analysed_examples(data, examples)
         reports, joint = analyze_models(loaded, data, options, progress)
-        model_runs = _log(reports, loaded, joint, options, run.info.run_id)
+        model_runs = _log(reports, loaded, joint, options, lambda: log_analysed_examples(data, examples))
     return AnalyzeOutcome(run.info.run_id, reports, joint, model_runs)
 
 
@@ -77,14 +83,19 @@ def check_dataset(loaded: Sequence[LoadedModel], requested: str = "") -> str:
     return dataset
 
 
+def example_indices(num_test: int, options: AnalysisOptions) -> torch.Tensor:
+    """The analysed test examples: `num_examples` of them (0: all), drawn with `seed`, sorted."""
+    n = num_test if options.num_examples <= 0 else min(options.num_examples, num_test)
+    return torch.sort(torch.randperm(num_test, generator=torch.Generator().manual_seed(options.seed))[:n]).values
+
+
 def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOptions,
                    progress: bool | None = None) -> tuple[list[ModelReport], ModelCKA]:
     """Run the chosen analyses on every model. Returns one report per model and the joint CKA
     (whose cross blocks compare the models pairwise)."""
     if data.num_classes != models[0].config.num_classes:
         raise ValueError(f"dataset {data.name!r} has {data.num_classes} classes but the models predict {models[0].config.num_classes}")
-    n = len(data.test_x) if options.num_examples <= 0 else min(options.num_examples, len(data.test_x))
-    index = torch.sort(torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(options.seed))[:n]).values
+    index = example_indices(len(data.test_x), options)
     images, targets = data.test_x[index], data.test_y[index]
     names = [layer_names(m.config, options.layers) for m in models]
 
@@ -127,8 +138,8 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
 
 
 def _log(reports: Sequence[ModelReport], loaded: Sequence[LoadedModel], joint: ModelCKA, options: AnalysisOptions,
-         run_id: str) -> list[str]:
-    """Log into the active run (one model) or one child run per model plus the cross matrices."""
+         log_examples: Callable[[], None]) -> list[str]:
+    """One child run per model under the active run, which gets the cross matrices."""
     common = {"num_examples": joint.num_examples, "batches": joint.batches, "passes": options.passes,
               "batch_size": options.batch_size, "layers": options.layers, "analyses": list(options.analyses),
               "probe_pool": options.probe_pool, "precision": options.precision}
@@ -136,13 +147,11 @@ def _log(reports: Sequence[ModelReport], loaded: Sequence[LoadedModel], joint: M
     mlflow.log_param("analysed_examples", joint.num_examples)
     run_ids = []
     for report, m in zip(reports, loaded):
-        if len(reports) == 1:
-            _log_model(report, m, common, run_id)
-            run_ids.append(run_id)
-        else:
-            with stage_run("analyze", run_name=m.label) as child:
-                _log_model(report, m, common, child.info.run_id)
-                run_ids.append(child.info.run_id)
+        with stage_run("analyze", run_name=m.label) as child:
+            mlflow.log_params({k: m.tags[k] for k in c.VERSION_CONFIG if k in m.tags})
+            log_examples()
+            _log_model(report, m, common, child.info.run_id)
+            run_ids.append(child.info.run_id)
     if len(reports) > 1:
         with tempfile.TemporaryDirectory() as tmp:
             for i, j in combinations(range(len(reports)), 2):

@@ -14,10 +14,11 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from ..config import TrainConfig
-from ..data import SKIP_BAD_IMAGES_ENV, load_dataset
+from ..data import SKIP_BAD_IMAGES_ENV, load_dataset, subset_indices
 from ..store import contract as c
 from ..store.lookup import find_versions, registered_name, tag_value
 from ..store import model_files
+from ..store.datasets import log_training_data
 from ..store.tracking import log_params_once, mark_dead_run, stage_run
 from ..training import TrainResult, train
 from ..training import checkpoints
@@ -39,6 +40,16 @@ class TrainOutcome:
 def cell_label(config: TrainConfig) -> str:
     """'d56-w2-s3-f0.25': the grid cell of a training, for run names."""
     return f"d{config.depth}-w{config.width:g}-s{config.seed}-f{config.data_fraction:g}"
+
+
+EXAMPLE_IMAGES = 2  # test images stored with each model as its input example
+
+
+def model_params(config: TrainConfig) -> dict:
+    """What a logged model records about its training: the architecture and the recipe."""
+    fields = dataclasses.asdict(config)
+    return {k: fields[k] for k in ("depth", "width", "seed", "data_fraction", "subset_seed", "dataset", "epochs",
+                                   "batch_size", "lr", "momentum", "weight_decay")}
 
 
 def fingerprint_in_this_store(config: TrainConfig, experiment_id: str) -> str:
@@ -77,6 +88,7 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     ckpt = checkpoints.checkpoint_path(fingerprint)
     checkpoints.check_writable(ckpt)  # before any data is read, not after the first epoch
     data = load_dataset(config.dataset, config.data_dir or None)
+    log_training_data(data, config.data_fraction, subset_indices(data.train_y, config.data_fraction, config.subset_seed))
     if data.skipped_images:
         print(f"warning: {data.skipped_images} unreadable image(s) left out ({SKIP_BAD_IMAGES_ENV}); "
               f"logged as param {c.SKIPPED_IMAGES}", file=sys.stderr)
@@ -119,7 +131,9 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     }
     training = {**dataclasses.asdict(config), "classes": list(data.classes), "train_size": result.train_size,
                 "subset_hash": result.subset_hash, "run_id": run_id}
-    version = model_files.register(result.model, config.model_config(data.num_classes), name, run_id, tags, training)
+    version = model_files.register(result.model, config.model_config(data.num_classes), name, tags, training,
+                                   example=data.test_x[:EXAMPLE_IMAGES], params=model_params(config),
+                                   metrics={**result.final})
     mlflow.set_tags({c.REGISTERED_MODEL: name, c.MODEL_VERSION: str(version.version)})
     checkpoints.remove(ckpt)  # the registry now holds the model; a rerun trains anew
     return result, version

@@ -1,29 +1,37 @@
 """Trained models as registry files: a JSON config and safetensors weights, never a pickle.
 
-A registered version is an MLflow 3 logged model holding two files (contract.MODEL_CONFIG_FILE,
-contract.MODEL_WEIGHTS_FILE):
+A registered version is an MLflow Model of the python_function flavor (served_model.py, logged
+as "models from code"), with a signature (uint8 images (N, 3, H, W) -> float32 logits (N,
+classes)), an input example, the training's params and test metrics, and two artifacts
+(contract.MODEL_CONFIG_FILE, contract.MODEL_WEIGHTS_FILE):
     config.json        {"format": 1, "model": ModelConfig fields, "training": provenance}
     model.safetensors  the state dict (parameters and BN buffers)
-Loading rebuilds the network from the config and loads the weights into it, so nothing is
-unpickled (it works with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false) and forward hooks fire,
-unlike MLflow's default pt2 format, which returns a graph whose submodules never run.
-Every version is tagged so that the registry can be searched (store/lookup.py).
+The project's own code travels with it, so `mlflow models serve` needs only torch. Loading here
+rebuilds the network from the config and loads the weights into it, so nothing is unpickled (it
+works with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false) and forward hooks fire, unlike MLflow's
+default pt2 format, which returns a graph whose submodules never run. Versions registered before
+(the two files alone, at the model's root) still load here. Every version is tagged so that the
+registry can be searched (store/lookup.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import tempfile
 import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -52,29 +60,50 @@ class LoadedModel:
         return f"{self.name}-v{self.version}"
 
 
+SERVED_MODEL = Path(__file__).with_name("served_model.py")
+PACKAGE = Path(__file__).parents[1]  # analysis/, shipped with every model as its code
+REQUIREMENTS = ["torch", "numpy", "safetensors"]
+
+
 def register(
     model: torch.nn.Module,
     config: ModelConfig,
     name: str,
-    run_id: str,
     tags: dict[str, str],
     training: dict,
+    example: torch.Tensor,
+    params: dict | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> ModelVersion:
-    """Log the model's config and weights as an MLflow logged model and register it under `name`.
+    """Log the model as an MLflow Model in the active run and register it under `name`.
 
-    Idempotent per `tags["lineage"]`: if a version with the same lineage already exists (a run
-    killed after registering, then resumed), that version is returned and nothing is added.
+    `example`: a few uint8 images (N, 3, H, W), the input example; `params` and `metrics` are
+    recorded on the logged model. Idempotent per `tags["lineage"]`: if a version with the same
+    lineage already exists (a run killed after registering, then resumed), that version is
+    returned and nothing is added.
     """
-    client = MlflowClient()
     existing = find_versions(name, {LINEAGE: tags[LINEAGE]}) if LINEAGE in tags else []
     if existing:
         return existing[0]
+    images = example.cpu().numpy()
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *images.shape[1:]))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, config.num_classes))]))
     with tempfile.TemporaryDirectory() as tmp:
         write_model_files(Path(tmp), model, config, training)
-        logged = mlflow.initialize_logged_model(name="resnet", source_run_id=run_id, tags={"registered_name": name})
-        client.log_model_artifacts(logged.model_id, tmp)
-        mlflow.finalize_logged_model(logged.model_id, "READY")
-    version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=tags)
+        info = mlflow.pyfunc.log_model(
+            name=name.replace(".", "_"),  # logged-model names may not hold dots
+            python_model=str(SERVED_MODEL),
+            artifacts={"config": str(Path(tmp) / MODEL_CONFIG_FILE), "weights": str(Path(tmp) / MODEL_WEIGHTS_FILE)},
+            code_paths=[str(PACKAGE)],
+            signature=signature,
+            input_example=images,
+            pip_requirements=REQUIREMENTS,
+            params={k: str(v) for k, v in (params or {}).items()},
+            tags={"registered_name": name},
+        )
+    if metrics:
+        mlflow.log_metrics(metrics, model_id=info.model_id)
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
     point_newest_alias(name)
     return version
 
@@ -100,6 +129,8 @@ def write_model_files(directory: Path, model: torch.nn.Module, config: ModelConf
     save_file(state, str(directory / MODEL_WEIGHTS_FILE))
     with open(directory / MODEL_CONFIG_FILE, "w") as f:
         json.dump({"format": FORMAT, "model": config.to_dict(), "training": training}, f, indent=2)
+    for file in (MODEL_WEIGHTS_FILE, MODEL_CONFIG_FILE):
+        os.chmod(directory / file, 0o644)  # readable by every worker that shares the artifact store
 
 
 def load_model(uri: str, device: torch.device | str = "cpu") -> LoadedModel:
@@ -107,6 +138,8 @@ def load_model(uri: str, device: torch.device | str = "cpu") -> LoadedModel:
     version = resolve_version(uri)
     resolved = model_uri(version.name, version.version)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved))
+    if (local / "artifacts" / MODEL_CONFIG_FILE).exists():
+        local = local / "artifacts"  # an MLflow Model; versions registered before hold the files at the root
     config, training, model = read_model_files(local, resolved)
     return LoadedModel(
         model=model.to(device).eval(),

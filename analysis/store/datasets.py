@@ -1,0 +1,39 @@
+"""What data a run used, as MLflow datasets (`mlflow.log_input`): the UI's Dataset column and
+each run's inputs say which images trained or were analysed, by name, digest and source.
+
+- training: `<dataset>-f<fraction>` (e.g. cifar10-f0.25), digest = the subset's hash (the same
+  hash the version's `subset_hash` tag holds), context "training";
+- analysis: `<dataset>-test-n<examples>`, digest = the hash of the analysed test examples,
+  context "analysis".
+The source is the data folder, or torchvision's download URL. Only shapes are recorded, never
+the images.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import mlflow
+import torch
+
+from ..data import ImageData, indices_hash
+
+__all__ = ["log_training_data", "log_analysed_examples"]
+
+
+def _log(images: torch.Tensor, labels: torch.Tensor, source: str, name: str, digest: str, context: str) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_numpy(images.numpy(), targets=labels.numpy(), source=source or None, name=name,
+                                         digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
+def log_training_data(data: ImageData, fraction: float, subset: torch.Tensor) -> None:
+    """The training subset of the active run."""
+    _log(data.train_x[subset], data.train_y[subset], data.source, f"{data.name}-f{fraction:g}", indices_hash(subset), "training")
+
+
+def log_analysed_examples(data: ImageData, index: torch.Tensor) -> None:
+    """The test examples the active run analysed."""
+    _log(data.test_x[index], data.test_y[index], data.source, f"{data.name}-test-n{len(index)}", indices_hash(index), "analysis")
