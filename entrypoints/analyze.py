@@ -14,14 +14,14 @@ import sys
 from analysis.config import ANALYSES, LAYER_SETS, PRECISIONS, PROBE_TRAIN, AnalysisOptions
 from analysis.stages.analyze import analyze_stage
 from analysis.store.lookup import split_uris, uris_matching
-from entrypoints.common import Parser, check_where, run_main, whole_number
+from entrypoints.common import AUTO, Parser, check_where, run_main, unless, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
     d = AnalysisOptions()
     p = Parser(description=__doc__)
-    p.add_argument("--models", default="", help="comma-separated models:/NAME/VERSION or models:/NAME@ALIAS")
-    p.add_argument("--search", default="", help="registry filter, e.g. \"name='cifar10-resnet20-w1' and tags.data_fraction='1'\"")
+    p.add_argument("--models", type=unless("none", ""), default="none", help="comma-separated models:/NAME/VERSION or models:/NAME@ALIAS")
+    p.add_argument("--search", type=unless("none", ""), default="none", help="registry filter, e.g. \"name='cifar10-resnet20-w1' and tags.data_fraction='1'\"")
     p.add_argument("--analyses", default=",".join(d.analyses), help=f"comma list of {', '.join(ANALYSES)}")
     p.add_argument("--layers", default=d.layers, choices=LAYER_SETS)
     p.add_argument("--num_examples", type=whole_number, default=d.num_examples, help="test examples analysed (0: all)")
@@ -35,8 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--probe_train", default=d.probe_train, help=f"{', '.join(PROBE_TRAIN)} (subset: the model's own)")
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                    help="activations: float32, or bf16 autocast on CUDA (faster; its error is in docs/performance.md)")
-    p.add_argument("--dataset", default="", help="default: the dataset the models were trained on")
-    p.add_argument("--data_dir", default="")
+    p.add_argument("--dataset", type=AUTO, default="auto", help="auto: the dataset the models were trained on")
+    p.add_argument("--data_dir", type=AUTO, default="auto", help="auto: $WIDEDEEP_DATA_DIR, else the cache's data folder")
     return p
 
 

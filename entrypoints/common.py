@@ -66,6 +66,19 @@ def check_where(device: str, data_dir: str = "", dataset: str = "") -> None:
     check_data_dir(data_dir)
 
 
+def unless(*words: str) -> Callable[[str], str]:
+    """argparse type for an optional setting: these words (MLproject's defaults, since `mlflow
+    run` would log an empty default as the literal '') mean "not set", given as ""."""
+
+    def parse(text: str) -> str:
+        return "" if text.strip() in words else text
+
+    return parse
+
+
+AUTO = unless("auto", "")  # derived when not given: a data folder, a storage, a name
+
+
 def whole_number(text: str) -> int:
     """argparse type for counts, which MLproject declares as floats: '8' and '8.0' give 8; '8.5'
     and 'abc' are refused, naming the value."""
@@ -99,7 +112,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=number, default=d.momentum)
     p.add_argument("--weight_decay", type=number, default=d.weight_decay)
     p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--data_dir", default=d.data_dir)
+    p.add_argument("--data_dir", type=AUTO, default="auto", help="auto: $WIDEDEEP_DATA_DIR, else the cache's data folder")
     p.add_argument("--device", default=d.device)
     p.add_argument("--eval_every", type=whole_number, default=d.eval_every, help="epochs between test evaluations")
     p.add_argument("--compile", default="false", choices=["true", "false"], help="torch.compile the training step")

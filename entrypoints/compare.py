@@ -11,16 +11,16 @@ import argparse
 import sys
 
 from analysis.stages.compare import SOURCES, compare_stage, sql_database
-from entrypoints.common import Parser, require, run_main, whole_number
+from entrypoints.common import AUTO, Parser, require, run_main, unless, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__)
-    p.add_argument("--dataset", default="", help="only this dataset (default: all)")
-    p.add_argument("--data_fraction", default="", help="only this data fraction (default: all)")
+    p.add_argument("--dataset", type=unless("all", ""), default="all", help="only this dataset (default: all)")
+    p.add_argument("--data_fraction", type=unless("all", ""), default="all", help="only this data fraction (default: all)")
     p.add_argument("--min_epochs", type=whole_number, default=0, help="only models trained at least this long")
     p.add_argument("--source", default="api", choices=SOURCES, help="tracking API, or SQL on the tracking DB")
-    p.add_argument("--database", default="", help="source=sql behind an MLflow server: the server's backend store URI")
+    p.add_argument("--database", type=AUTO, default="auto", help="source=sql behind an MLflow server: the server's backend store URI")
     return p
 
 
@@ -32,7 +32,7 @@ def fraction(text: str) -> float | None:
     try:
         return float(text) if text.strip() else None
     except ValueError:
-        raise ValueError(f"data_fraction={text!r} is not a number; give e.g. 0.25, or leave it empty for all") from None
+        raise ValueError(f"data_fraction={text!r} is not a number; give e.g. 0.25, or all") from None
 
 
 def main(args: argparse.Namespace) -> None:

@@ -14,17 +14,17 @@ from pathlib import Path
 from analysis.config import STUDY_PRESETS, study_preset
 from analysis.stages.study import study_stage
 from analysis.store.studies import STORAGE_ENV, storage_url
-from entrypoints.common import Parser, check_where, run_main
+from entrypoints.common import AUTO, Parser, check_where, run_main
 
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__)
     p.add_argument("--preset", default="cpu", help=", ".join(STUDY_PRESETS))
     p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--data_dir", default="")
+    p.add_argument("--data_dir", type=AUTO, default="auto", help="auto: $WIDEDEEP_DATA_DIR, else the cache's data folder")
     p.add_argument("--device", default="auto")
-    p.add_argument("--storage", default="", help=f"Optuna storage (default ${STORAGE_ENV}, else sqlite:///optuna.db)")
-    p.add_argument("--out", default="", help="report folder (default reports/<preset>)")
+    p.add_argument("--storage", type=AUTO, default="auto", help=f"Optuna storage (auto: ${STORAGE_ENV}, else journal:optuna.journal, a journal file here)")
+    p.add_argument("--out", type=AUTO, default="auto", help="report folder (auto: reports/<preset>)")
     return p
 
 

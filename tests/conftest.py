@@ -54,7 +54,9 @@ def store_template(tmp_path_factory) -> Path:
     """A migrated, empty SQLite tracking store, made once per session in a subprocess."""
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
     code = "import mlflow, sys; mlflow.set_tracking_uri(sys.argv[1]); mlflow.search_experiments()"
-    subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}"], check=True, env={**os.environ})
+    # Run in the template's folder: experiment 0 keeps the artifact root resolved at creation
+    # (./mlruns of the creating process), which must not be the repository.
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}"], check=True, env={**os.environ}, cwd=path.parent)
     return path
 
 

@@ -7,7 +7,7 @@ import importlib
 import pytest
 import yaml
 
-from entrypoints.common import number, whole_number
+from entrypoints.common import AUTO, number, whole_number
 from tests.conftest import REPO
 
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
@@ -37,8 +37,10 @@ def test_mlproject_and_parser_declare_the_same_parameters(name):
             assert action.type in (number, whole_number), f"{name}.{param}: MLproject float, parser {action.type}"
             assert float(spec["default"]) == float(action.default), f"{name}.{param} defaults differ"
         else:
-            assert spec["type"] == "string" and action.type is None, f"{name}.{param}: types differ"
+            assert spec["type"] == "string", f"{name}.{param}: types differ"
             assert str(spec["default"]) == str(action.default), f"{name}.{param} defaults differ"
+            # `mlflow run` logs an empty default as the literal '': optional settings say auto, all or none
+            assert spec["default"] != "", f"{name}.{param} has an empty default"
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)
@@ -58,3 +60,8 @@ def test_whole_numbers_accept_what_mlflow_passes_for_a_float_parameter(text, val
 def test_other_numbers_are_refused_by_value(text):
     with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
         whole_number(text)
+
+
+@pytest.mark.parametrize("word,parsed", [("auto", ""), ("", ""), ("/data/cifar10", "/data/cifar10")])
+def test_the_words_of_an_unset_optional_setting_parse_to_nothing(word, parsed):
+    assert AUTO(word) == parsed

@@ -129,3 +129,31 @@ def test_search_mode_tunes_lr_and_weight_decay_on_a_validation_split(store):
     assert lookup.search_versions("") == []  # search trials are not registered models
     study = optuna.load_study(study_name=next(s.study_name for s in optuna.get_all_study_summaries(storage)), storage=storage)
     assert len({(t.params["lr"], t.params["weight_decay"]) for t in study.trials}) == 3
+
+
+@pytest.mark.slow
+def test_on_the_default_journal_storage_a_dead_workers_cell_is_taken_over_at_once(store, cache_root):
+    """No storage given: the study is a journal file in the working directory. A worker killed
+    mid-cell and one restarted at once: the new one sees the dead process (no heartbeat needed)."""
+    grid = ["--widths", "0.25", "--seeds", "0,1", "--epochs", "6", "--study", "auto", "--storage", "auto"]
+    env = subprocess_env(MLFLOW_TRACKING_URI=os.environ["MLFLOW_TRACKING_URI"], PYTHONPATH=str(REPO))
+    env.pop("WIDEDEEP_OPTUNA_STORAGE", None)
+    command = [sys.executable, "-m", "entrypoints.sweep", "--depths", "8", "--batch_size", "50", "--device", "cpu", *grid]
+    checkpoints = cache_root / "checkpoints"
+    before = set(checkpoints.glob("*.safetensors"))
+    victim = subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (set(checkpoints.glob("*.safetensors")) - before):
+        assert time.time() < deadline and victim.poll() is None, "the worker never reached its first checkpoint"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    started = time.time()
+    rerun = subprocess.run(command, cwd=store, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (store / "optuna.journal").exists() and not (store / "optuna.db").exists()
+    assert all_versions() == [("cifar10-resnet8-w0.25", "0", "0.25"), ("cifar10-resnet8-w0.25", "1", "0.25")]
+    assert time.time() - started < 80  # taken over without waiting out a 90 s heartbeat grace
+    (name,) = optuna.get_all_study_names(storage=studies.storage("journal:" + str(store / "optuna.journal")))
+    states = [t.state for t in optuna.load_study(study_name=name, storage=studies.storage("journal:" + str(store / "optuna.journal"))).trials]
+    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL in states

@@ -29,6 +29,8 @@ def test_mlflow_run_trains_registers_and_loads_back(store, tiny_data):
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "FINISHED"
     assert run.data.params["depth"] == "8" and run.data.params["train_size"] == "300"
+    assert "''" not in run.data.params.values() and run.data.params["data_dir"] == "auto"  # never the literal ''
+    assert run.info.run_name == "train-d8-w0.25-s0-f1"
     history = client.get_metric_history(run.info.run_id, "test_accuracy")
     assert [m.step for m in history] == [1, 2]
 

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -36,14 +37,15 @@ from optuna.trial import TrialState
 from ..config import SWEEP_MAX_RETRIES, Grid, TrainConfig
 from ..data import load_dataset
 from ..store import contract as c
-from ..store.studies import GRACE_SECONDS, HEARTBEAT_SECONDS, open_study, redact
-from ..store.tracking import mark_dead_run, stage_run
+from ..store.studies import GRACE_SECONDS, HEARTBEAT_SECONDS, open_study, redact, storage
+from ..store.tracking import mark_dead_run, process_alive, stage_run
 from ..training import train
 from .train import cell_label, registered_version, train_stage
 
 __all__ = ["MODES", "WORKER_PARENT_ENV", "default_study_name", "grid_study", "run_grid", "work", "sweep_stage"]
 
 MODES = ("grid", "search", "setup")
+WORKER_ATTR = "worker"  # trial user attr: host:pid of the process training the cell
 GRID_SAMPLER_SEED = 0  # the same in every worker, or grid points are missed
 WORKER_PARENT_ENV = "WIDEDEEP_SWEEP_PARENT"  # set in helper workers: the sweep run their cells nest under
 
@@ -75,6 +77,7 @@ def grid_objective(grid: Grid, base: TrainConfig, parent_run_id: str) -> Callabl
             if other.state == optuna.trial.TrialState.COMPLETE:
                 trial.set_user_attr("duplicate_of", other.number)
                 return other.value
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[trial.number])
         if retried is not None and "mlflow_run_id" in trials[retried].user_attrs:
             mark_dead_run(trials[retried].user_attrs["mlflow_run_id"])
@@ -120,9 +123,25 @@ def run_grid(study: optuna.Study, grid: Grid, base: TrainConfig, parent_run_id: 
         if not waited:
             waited = True
             print(f"waiting for {len(held)} cell(s) held by other workers ({', '.join(cell_label(dataclasses.replace(base, **cell)) for cell, _ in held)}); "
-                  f"a dead worker's cell is taken over once its heartbeat is {GRACE_SECONDS} s stale", file=sys.stderr)
+                  f"a dead worker's cell is taken over at once if it ran on this machine, else once its heartbeat is "
+                  f"{GRACE_SECONDS} s stale", file=sys.stderr)
         optuna.storages.fail_stale_trials(study)  # re-queues a dead worker's cell (RetryHeartbeatStaleTrialCallback)
-        time.sleep(HEARTBEAT_SECONDS)
+        _requeue_dead_here(study)
+        time.sleep(min(HEARTBEAT_SECONDS, 5))
+
+
+def _requeue_dead_here(study: optuna.Study) -> None:
+    """Fail and re-queue the running trials of dead processes of this host: the journal storage
+    has no heartbeats, and on one machine a dead process is seen at once."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = t.user_attrs.get(WORKER_ATTR, "").rpartition(":")
+        if worker_host == host and pid.isdigit() and not process_alive(int(pid)):
+            try:
+                study.tell(t.number, state=TrialState.FAIL)
+            except (RuntimeError, ValueError):
+                continue  # another worker failed it first
+            study.enqueue_trial(t.params, skip_if_exists=False)
 
 
 def _unfinished_cells(study: optuna.Study, grid: Grid) -> list[tuple[dict, set[TrialState]]]:
@@ -234,7 +253,7 @@ def _start_helpers(count: int, parent_run_id: str, command: Sequence[str]) -> li
 
 
 def _summarise(url: str, name: str) -> None:
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=name, storage=storage(url))
     states = [t.state.name for t in study.trials]
     counts = {s: states.count(s) for s in sorted(set(states))}
     mlflow.log_metrics({f"trials_{s.lower()}": float(n) for s, n in counts.items()})

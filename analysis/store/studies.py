@@ -1,9 +1,13 @@
-"""Optuna studies in an RDB storage shared by sweep workers: heartbeats, retries, and creation
+"""Optuna studies shared by sweep workers: where they live, heartbeats, retries, and creation
 that survives several workers racing to create the same study.
 
-A dead worker: the storage records heartbeats; a trial whose heartbeat stops for GRACE seconds
-is failed by the next worker to start a trial and re-queued with the same parameters
-(RetryHeartbeatStaleTrialCallback).
+Storage: a database URL (PostgreSQL for workers on many machines), or, by default, Optuna's
+journal file `journal:optuna.journal` in the working directory: the storage Optuna advises for
+several processes of one machine, where SQLite is not. A dead worker: an RDB storage records
+heartbeats, and a trial whose heartbeat stops for GRACE seconds is failed by the next worker to
+start a trial and re-queued with the same parameters (RetryHeartbeatStaleTrialCallback); a
+journal has no heartbeats, and workers of one machine see directly whether a trial's process
+is alive (sweep.run_grid).
 """
 
 from __future__ import annotations
@@ -15,23 +19,25 @@ import warnings
 
 import optuna
 import sqlalchemy as sa
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
 
 from ..config import SWEEP_HEARTBEAT_SECONDS, SWEEP_MAX_RETRIES
 from .tracking import store_lock
 
-__all__ = ["STORAGE_ENV", "HEARTBEAT_SECONDS", "GRACE_SECONDS", "storage_url", "redact", "storage", "open_study"]
+__all__ = ["STORAGE_ENV", "JOURNAL", "HEARTBEAT_SECONDS", "GRACE_SECONDS", "storage_url", "redact", "storage", "open_study"]
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
 
 STORAGE_ENV = "WIDEDEEP_OPTUNA_STORAGE"
-DEFAULT_STORAGE = "sqlite:///optuna.db"
+JOURNAL = "journal:"  # journal:PATH, an Optuna journal file
+DEFAULT_STORAGE = f"{JOURNAL}optuna.journal"
 HEARTBEAT_SECONDS = int(os.environ.get("WIDEDEEP_SWEEP_HEARTBEAT", str(SWEEP_HEARTBEAT_SECONDS)))
 GRACE_SECONDS = 3 * HEARTBEAT_SECONDS
 
 
 def storage_url(given: str = "") -> str:
-    """The Optuna storage: `given`, else $WIDEDEEP_OPTUNA_STORAGE, else optuna.db here."""
+    """The Optuna storage: `given`, else $WIDEDEEP_OPTUNA_STORAGE, else a journal file here."""
     return given or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
@@ -43,8 +49,10 @@ def redact(url: str) -> str:
         return url
 
 
-def storage(url: str) -> RDBStorage:
-    """The storage, its tables created under the project's store lock if it is new."""
+def storage(url: str) -> RDBStorage | JournalStorage:
+    """The storage; a new database gets its tables under the project's store lock."""
+    if url.startswith(JOURNAL):
+        return JournalStorage(JournalFileBackend(url[len(JOURNAL):]))
     with store_lock(url):
         return RDBStorage(
             url,

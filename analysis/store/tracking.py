@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from .contract import ERROR, KIND, KINDS, PROCESS_HOST, PROCESS_PID
 
 __all__ = ["start_run", "stage_run", "log_params_once", "fail_run", "reap_dead_runs", "mark_dead_run", "first_line",
-           "store_lock", "ensure_tracking_store"]
+           "store_lock", "ensure_tracking_store", "process_alive"]
 
 PG_LOCK_KEY = 20210401  # pg_advisory_lock key of every store creation by this project
 
@@ -109,10 +109,11 @@ def stage_run(kind: str, run_name: str | None = None, params: dict | None = None
 
 def log_params_once(params: dict) -> None:
     """Log params not already on the run: `mlflow run` logs declared ones itself, as strings it
-    chose, and logging a key again with another spelling ("1" vs "1.0") is an error."""
+    chose, and logging a key again with another spelling ("1" vs "1.0") is an error. Empty
+    values (a setting left to its default) are not logged."""
     run = mlflow.active_run()
     existing = mlflow.get_run(run.info.run_id).data.params
-    fresh = {k: v for k, v in params.items() if k not in existing}
+    fresh = {k: v for k, v in params.items() if k not in existing and v != ""}  # "": not set
     if fresh:
         mlflow.log_params(fresh)
 
@@ -156,11 +157,12 @@ def reap_dead_runs() -> None:
     client = MlflowClient()
     for run in runs:
         pid = int(run.data.tags.get(PROCESS_PID, "0"))
-        if pid and pid != os.getpid() and not _alive(pid):
+        if pid and pid != os.getpid() and not process_alive(pid):
             client.set_terminated(run.info.run_id, status="KILLED")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
