@@ -161,3 +161,10 @@ def test_unwritable_cache_names_the_variable_to_set(tiny_data, tmp_path, monkeyp
     monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(blocker / "cache"))
     with pytest.raises(PermissionError, match="set WIDEDEEP_CACHE_DIR to a writable folder"):
         load_dataset("cifar10", tiny_data)
+
+
+def test_cached_data_is_readable_by_every_worker_sharing_the_cache(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
+    load_dataset("cifar10", tiny_data)
+    files = list((tmp_path / "cache" / "datasets").iterdir())
+    assert len(files) == 2 and {oct(f.stat().st_mode & 0o777) for f in files} == {"0o644"}

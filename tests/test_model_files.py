@@ -63,6 +63,10 @@ def model_dir(tmp_path):
     return tmp_path
 
 
+def test_model_files_are_readable_by_every_worker(model_dir):
+    assert {oct((model_dir / f).stat().st_mode & 0o777) for f in (contract.MODEL_CONFIG_FILE, contract.MODEL_WEIGHTS_FILE)} == {"0o644"}
+
+
 def test_truncated_weights_are_refused(model_dir):
     data = (model_dir / contract.MODEL_WEIGHTS_FILE).read_bytes()
     (model_dir / contract.MODEL_WEIGHTS_FILE).write_bytes(data[: len(data) // 2])

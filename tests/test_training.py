@@ -113,6 +113,7 @@ def test_no_partial_checkpoint_files_are_left(data, tmp_path):
     path = tmp_path / "ckpt.safetensors"
     train(TrainConfig(**{**TINY, "epochs": 2}), data, checkpoint=path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors", "ckpt.safetensors.previous"]
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}  # a shared cache: readable by all
     checkpoints.remove(path)
     assert list(tmp_path.iterdir()) == []
 

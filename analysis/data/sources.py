@@ -221,6 +221,7 @@ def _from_cache(name: str, key: str, classes: tuple[str, ...] | None, decode) ->
                 json.dump({"classes": list(classes), "skipped_images": skipped}, f)
             os.replace(tmp, path.with_suffix(".json"))
             save_file(tensors, str(tmp))
+            os.chmod(tmp, 0o644)  # safetensors writes 0600; a cache shared by several users' workers must be readable
             os.replace(tmp, path)
         except OSError as err:
             raise PermissionError(

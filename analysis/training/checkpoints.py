@@ -92,6 +92,7 @@ def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, m
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; another worker sharing the cache resumes from it
     _fsync(tmp)
     if path.exists():
         os.replace(path, _previous(path))  # kept until the new one is durable
