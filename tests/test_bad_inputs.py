@@ -179,3 +179,14 @@ def render(tmp_path: Path, monkeypatch, tiny_data: Path, store_template: Path, c
 if __name__ == "__main__":  # regenerate docs/bad-inputs.md
     os.environ[REGENERATE_ENV] = "1"
     sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", f"{__file__}::test_the_table_of_bad_inputs_in_docs_is_current"]))
+
+
+def test_an_unreachable_tracking_store_is_one_line(tmp_path, monkeypatch, tiny_data, store_template, capsys):
+    nothing_yet(tmp_path / "work", monkeypatch, tiny_data, store_template, False)
+    unreachable = "postgresql+psycopg2://postgres@127.0.0.1:9/none"  # nothing listens on port 9
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", unreachable)
+    mlflow.set_tracking_uri(unreachable)
+    code, err = run_row("train", "--depth 8 --width 0.25 --epochs 1 --batch_size 50 --device cpu", tmp_path, capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert "127.0.0.1" in err and "9" in err
+    assert not (tmp_path / "work" / "cache").exists()  # failed before any data was read
