@@ -3,6 +3,7 @@ template (creating a store runs schema migrations for seconds; copying the file 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -153,3 +154,33 @@ def entry_run(store, monkeypatch) -> str:
     run = MlflowClient().create_run(experiment_id="0")
     monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
     return run.info.run_id
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, cwd: Path, *extra: str):
+    """`mlflow server` on a free port of 127.0.0.1 over `backend`; yields its URL once healthy."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", backend, *extra],
+                            cwd=cwd, env=subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

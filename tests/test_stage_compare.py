@@ -61,33 +61,10 @@ def test_sql_behind_a_server_without_its_database_is_refused_before_the_run(stor
 def test_sql_reads_the_database_while_the_run_goes_through_the_server(tmp_path, monkeypatch):
     """The README's scale-out setup: workers log through `mlflow server`; compare reads the
     server's database with SQL (-P database=) and logs its run and artifacts through the server."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from tests.conftest import mlflow_server
 
-    from tests.conftest import subprocess_env
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     database = f"sqlite:///{tmp_path / 'server.db'}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", database, "--artifacts-destination", str(tmp_path / "artifacts")],
-        env=subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
-        server_uri = f"http://127.0.0.1:{port}"
+    with mlflow_server(database, tmp_path, "--artifacts-destination", str(tmp_path / "artifacts")) as server_uri:
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server_uri)
         mlflow.set_tracking_uri(server_uri)
@@ -98,7 +75,4 @@ def test_sql_reads_the_database_while_the_run_goes_through_the_server(tmp_path, 
         files = {f.path.split("/")[-1] for f in MlflowClient().list_artifacts(run.info.run_id, c.COMPARISON_DIR)}
         assert "models.csv" in files
         assert list((tmp_path / "artifacts").rglob("models.csv"))  # written through the server, into its store
-    finally:
-        mlflow.set_tracking_uri(None)
-        server.terminate()
-        server.wait(timeout=30)
+    mlflow.set_tracking_uri(None)

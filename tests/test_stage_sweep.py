@@ -97,12 +97,12 @@ def test_a_worker_killed_mid_trial_has_its_cell_completed_by_a_rerun(pg_store, o
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     # Restarted at once, as the README's recipe would be: the dead worker's cell still looks held.
-    # The new worker trains the other cell, waits until the dead heartbeat (4 s) is stale (12 s),
-    # then takes the dead cell over; it does not report success with the grid incomplete.
+    # The new worker trains the other cell and then takes the dead cell over (at once, as it sees
+    # the process is gone; elsewhere, once the dead heartbeat of 4 s is 12 s stale), whichever
+    # comes first on a loaded machine; it does not report success with the grid incomplete.
     rerun = worker(pg_store, optuna_pg_url, *grid, heartbeat="4")
     _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err[-2000:]
-    assert "waiting for 1 cell(s) held by other workers (d8-w0.25-s" in err, err
 
     assert all_versions() == [("cifar10-resnet8-w0.25", "0", "0.25"), ("cifar10-resnet8-w0.25", "1", "0.25")]
     runs = training_runs()

@@ -32,7 +32,11 @@ def test_mlflow_run_trains_registers_and_loads_back(store, tiny_data):
     assert "''" not in run.data.params.values() and run.data.params["data_dir"] == "auto"  # never the literal ''
     assert run.info.run_name == "train-d8-w0.25-s0-f1"
     history = client.get_metric_history(run.info.run_id, "test_accuracy")
-    assert [m.step for m in history] == [1, 2]
+    # One point per epoch, and the final score once more as the registered model's own metric.
+    assert sorted(m.step for m in history) == [1, 2, 2]
+    (linked,) = [m for m in mlflow.get_logged_model(mlflow.models.get_model_info(
+        "models:/cifar10-resnet8-w0.25/1").model_id).metrics if m.key == "test_accuracy"]
+    assert linked.step == 2 and linked.value == max(history, key=lambda m: m.step).value
 
     version = client.get_model_version("cifar10-resnet8-w0.25", "1")
     for key, value in {"dataset": "cifar10", "depth": "8", "width": "0.25", "seed": "0", "data_fraction": "1",

@@ -5,11 +5,7 @@ Debian's `chromium` where it is missing)."""
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 
 import mlflow
 import pytest
@@ -17,7 +13,7 @@ import pytest
 from entrypoints import analyze as analyze_entry
 from entrypoints import train as train_entry
 from entrypoints.common import run_main
-from tests.conftest import subprocess_env
+from tests.conftest import mlflow_server
 from tests.fake_store import runs_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.ui]
@@ -50,27 +46,8 @@ def server(store):
     assert run_main(lambda: analyze_entry.main(analyze_entry.parse_args(
         ["--models", "models:/cifar10-resnet8-w0.25/1", "--num_examples", "40", "--batch_size", "20", "--passes", "1",
          "--device", "cpu"]))) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]],
-                            cwd=store, env=subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
+    with mlflow_server(os.environ["MLFLOW_TRACKING_URI"], store) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_the_analysis_heatmap_and_the_version_signature_show_in_the_ui(server):

@@ -110,8 +110,6 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     )
     mlflow.log_params({c.TRAIN_SIZE: result.train_size, c.SUBSET_HASH: result.subset_hash, "num_classes": data.num_classes,
                        c.SKIPPED_IMAGES: data.skipped_images})
-    clean = {k: result.final[k] for k in ("train_accuracy_clean", "train_loss_clean")}
-    mlflow.log_metrics(clean, step=config.epochs)  # test metrics were logged per epoch
 
     name = registered_name(config.dataset, config.depth, config.width)
     tags = {
@@ -133,7 +131,7 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
                 "subset_hash": result.subset_hash, "run_id": run_id}
     version = model_files.register(result.model, config.model_config(data.num_classes), name, tags, training,
                                    example=data.test_x[:EXAMPLE_IMAGES], params=model_params(config),
-                                   metrics={**result.final})
+                                   metrics=result.final, step=config.epochs)
     mlflow.set_tags({c.REGISTERED_MODEL: name, c.MODEL_VERSION: str(version.version)})
     checkpoints.remove(ckpt)  # the registry now holds the model; a rerun trains anew
     return result, version

@@ -74,11 +74,13 @@ def register(
     example: torch.Tensor,
     params: dict | None = None,
     metrics: dict[str, float] | None = None,
+    step: int = 0,
 ) -> ModelVersion:
     """Log the model as an MLflow Model in the active run and register it under `name`.
 
     `example`: a few uint8 images (N, 3, H, W), the input example; `params` and `metrics` are
-    recorded on the logged model. Idempotent per `tags["lineage"]`: if a version with the same
+    recorded on the logged model (the metrics also on the run, at `step`: MLflow keeps a model's
+    metrics as run metrics that name the model). Idempotent per `tags["lineage"]`: if a version with the same
     lineage already exists (a run killed after registering, then resumed), that version is
     returned and nothing is added.
     """
@@ -102,7 +104,7 @@ def register(
             tags={"registered_name": name},
         )
     if metrics:
-        mlflow.log_metrics(metrics, model_id=info.model_id)
+        mlflow.log_metrics(metrics, step=step, model_id=info.model_id)
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     point_newest_alias(name)
     return version
