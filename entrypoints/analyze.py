@@ -14,7 +14,7 @@ import sys
 from analysis.config import ANALYSES, LAYER_SETS, PRECISIONS, PROBE_TRAIN, AnalysisOptions
 from analysis.stages.analyze import analyze_stage
 from analysis.store.lookup import split_uris, uris_matching
-from entrypoints.common import AUTO, Parser, check_where, run_main, unless, whole_number
+from entrypoints.common import AUTO, Parser, add_data_dir, check_where, run_main, unless, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                    help="activations: float32, or bf16 autocast on CUDA (faster; its error is in docs/performance.md)")
     p.add_argument("--dataset", type=AUTO, default="auto", help="auto: the dataset the models were trained on")
-    p.add_argument("--data_dir", type=AUTO, default="auto", help="auto: $WIDEDEEP_DATA_DIR, else the cache's data folder")
+    add_data_dir(p)
     return p
 
 

@@ -102,6 +102,11 @@ def number(text: str) -> float:
     return value
 
 
+def add_data_dir(p: argparse.ArgumentParser) -> None:
+    """`--data_dir`, which every entry point that reads images takes."""
+    add_data_dir(p)
+
+
 def add_training_args(p: argparse.ArgumentParser) -> None:
     """The training settings that `train` and `sweep` share (defaults: analysis.config)."""
     d = TrainConfig()

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from analysis.stages.predictions import predictions_stage
-from entrypoints.common import AUTO, Parser, check_where, number, run_main, whole_number
+from entrypoints.common import Parser, add_data_dir, check_where, number, run_main, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=number, default=0.05, help="false discovery rate for per-class tests")
     p.add_argument("--permutations", type=whole_number, default=9999)
     p.add_argument("--device", default="auto")
-    p.add_argument("--data_dir", type=AUTO, default="auto", help="auto: $WIDEDEEP_DATA_DIR, else the cache's data folder")
+    add_data_dir(p)
     return p
 
 

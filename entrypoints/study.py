@@ -13,17 +13,18 @@ from pathlib import Path
 
 from analysis.config import STUDY_PRESETS, study_preset
 from analysis.stages.study import study_stage
-from analysis.store.studies import STORAGE_ENV, storage_url
-from entrypoints.common import AUTO, Parser, check_where, run_main
+from analysis.store.studies import DEFAULT_STORAGE, STORAGE_ENV, storage_url
+from entrypoints.common import AUTO, Parser, add_data_dir, check_where, run_main
 
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(description=__doc__)
     p.add_argument("--preset", default="cpu", help=", ".join(STUDY_PRESETS))
     p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--data_dir", type=AUTO, default="auto", help="auto: $WIDEDEEP_DATA_DIR, else the cache's data folder")
+    add_data_dir(p)
     p.add_argument("--device", default="auto")
-    p.add_argument("--storage", type=AUTO, default="auto", help=f"Optuna storage (auto: ${STORAGE_ENV}, else journal:optuna.journal, a journal file here)")
+    p.add_argument("--storage", type=AUTO, default="auto",
+                   help=f"Optuna storage URL (auto: ${STORAGE_ENV}, else {DEFAULT_STORAGE}, a journal file here)")
     p.add_argument("--out", type=AUTO, default="auto", help="report folder (auto: reports/<preset>)")
     return p
 

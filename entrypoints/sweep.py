@@ -12,7 +12,7 @@ import os
 import sys
 
 from analysis.config import Grid, TrainConfig
-from analysis.store.studies import STORAGE_ENV, storage_url
+from analysis.store.studies import DEFAULT_STORAGE, STORAGE_ENV, storage_url
 from analysis.stages.sweep import MODES, WORKER_PARENT_ENV, default_study_name, sweep_stage, work
 from entrypoints.common import AUTO, Parser, add_training_args, check_where, number, require, run_main, training_settings, whole_number
 
@@ -25,7 +25,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", default=f"{d.width:g}")
     p.add_argument("--seeds", default=str(d.seed))
     p.add_argument("--data_fractions", default=f"{d.data_fraction:g}")
-    p.add_argument("--storage", type=AUTO, default="auto", help=f"Optuna storage URL (auto: ${STORAGE_ENV}, else journal:optuna.journal, a journal file here)")
+    p.add_argument("--storage", type=AUTO, default="auto",
+                   help=f"Optuna storage URL (auto: ${STORAGE_ENV}, else {DEFAULT_STORAGE}, a journal file here)")
     p.add_argument("--study", type=AUTO, default="auto", help="study name (auto: derived from the grid and settings)")
     p.add_argument("--workers", type=whole_number, default=1, help="worker processes on this machine")
     p.add_argument("--n_trials", type=whole_number, default=20, help="search mode: trials for this worker")

@@ -25,7 +25,7 @@ from optuna.storages.journal import JournalFileBackend
 from ..config import SWEEP_HEARTBEAT_SECONDS, SWEEP_MAX_RETRIES
 from .tracking import store_lock
 
-__all__ = ["STORAGE_ENV", "JOURNAL", "HEARTBEAT_SECONDS", "GRACE_SECONDS", "storage_url", "redact", "storage", "open_study"]
+__all__ = ["STORAGE_ENV", "JOURNAL", "DEFAULT_STORAGE", "HEARTBEAT_SECONDS", "GRACE_SECONDS", "storage_url", "redact", "storage", "open_study"]
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
 
