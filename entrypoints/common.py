@@ -104,7 +104,7 @@ def number(text: str) -> float:
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:
     """`--data_dir`, which every entry point that reads images takes."""
-    add_data_dir(p)
+    p.add_argument("--data_dir", type=AUTO, default="auto", help="auto: $WIDEDEEP_DATA_DIR, else the cache's data folder")
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
@@ -117,7 +117,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=number, default=d.momentum)
     p.add_argument("--weight_decay", type=number, default=d.weight_decay)
     p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--data_dir", type=AUTO, default="auto", help="auto: $WIDEDEEP_DATA_DIR, else the cache's data folder")
+    add_data_dir(p)
     p.add_argument("--device", default=d.device)
     p.add_argument("--eval_every", type=whole_number, default=d.eval_every, help="epochs between test evaluations")
     p.add_argument("--compile", default="false", choices=["true", "false"], help="torch.compile the training step")
