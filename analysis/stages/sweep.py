@@ -122,9 +122,9 @@ def run_grid(study: optuna.Study, grid: Grid, base: TrainConfig, parent_run_id: 
             continue
         if not waited:
             waited = True
-            print(f"waiting for {len(held)} cell(s) held by other workers ({', '.join(cell_label(dataclasses.replace(base, **cell)) for cell, _ in held)}); "
-                  f"a dead worker's cell is taken over at once if it ran on this machine, else once its heartbeat is "
-                  f"{GRACE_SECONDS} s stale", file=sys.stderr)
+            labels = ", ".join(cell_label(dataclasses.replace(base, **cell)) for cell, _ in held)
+            print(f"waiting for {len(held)} cell(s) held by other workers ({labels}); a dead worker's cell is taken over "
+                  f"at once if it ran on this machine, else once its heartbeat is {GRACE_SECONDS} s stale", file=sys.stderr)
         optuna.storages.fail_stale_trials(study)  # re-queues a dead worker's cell (RetryHeartbeatStaleTrialCallback)
         _requeue_dead_here(study)
         time.sleep(min(HEARTBEAT_SECONDS, 5))

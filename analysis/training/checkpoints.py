@@ -55,8 +55,8 @@ def check_writable(path: Path) -> None:
                               f"set {CACHE_DIR_ENV} to a writable folder") from None
 
 
-def read_meta(path: Path) -> dict | None:
-    """The metadata of the newest whole checkpoint at `path`, or None when there is none.
+def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The tensors and metadata of the newest whole checkpoint at `path`, or None when there is none.
 
     A corrupt checkpoint is set aside and the one before it takes its place. Temporary files of a
     writer killed mid-save are removed: they were never renamed, so never taken as complete."""
@@ -66,7 +66,7 @@ def read_meta(path: Path) -> dict | None:
         if not candidate.exists():
             continue
         try:
-            load_file(str(candidate))  # reads every tensor: a truncated file fails here, not at restore
+            tensors = load_file(str(candidate))  # reads every tensor: a truncated file fails here
             with safe_open(str(candidate), framework="pt") as f:
                 meta = json.loads(f.metadata()["meta"])
         except UNREADABLE as err:
@@ -78,8 +78,14 @@ def read_meta(path: Path) -> dict | None:
             continue
         if candidate != path:
             os.replace(candidate, path)
-        return meta
+        return tensors, meta
     return None
+
+
+def read_meta(path: Path) -> dict | None:
+    """The metadata of the newest whole checkpoint at `path` (see `_load`), or None."""
+    loaded = _load(path)
+    return None if loaded is None else loaded[1]
 
 
 def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
@@ -108,16 +114,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Load weights and momentum in place; returns the metadata."""
-    tensors = load_file(str(path))
+def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+    """Load the newest whole checkpoint's weights and momentum in place (see `_load`); returns its
+    metadata, or None when there is none and nothing was loaded."""
+    loaded = _load(path)
+    if loaded is None:
+        return None
+    tensors, meta = loaded
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, p in enumerate(params):
         if f"momentum.{i}" in tensors:
             optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(tensors[f"momentum.{i}"])
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["meta"])
+    return meta
 
 
 def remove(path: Path) -> None:

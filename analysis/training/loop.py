@@ -118,9 +118,8 @@ def train(
         momentum=config.momentum,
     )
 
-    history: list[dict[str, float]] = []
-    if checkpoint is not None and checkpoints.read_meta(checkpoint) is not None:  # a corrupt one is set aside
-        history = checkpoints.restore(checkpoint, model, optimizer)["history"]
+    restored = checkpoints.restore(checkpoint, model, optimizer) if checkpoint is not None else None
+    history: list[dict[str, float]] = restored["history"] if restored else []
     start_epoch = len(history)
     for epoch, metrics in enumerate(history, start=1):
         if on_epoch:
