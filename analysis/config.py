@@ -17,7 +17,7 @@ import json
 import math
 
 from .data import DATASETS
-from .nets import ModelConfig
+from .nets import ModelConfig, penalised_layers
 
 __all__ = [
     "PRESET_EPOCHS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
@@ -59,6 +59,9 @@ class TrainConfig:
     val_fraction: float = 0.0  # > 0: hold out this share of the training subset and score it instead of the test set
     channels_last: bool = True  # measured faster on CPU and GPU alike (docs/performance.md)
     compile: bool = False  # torch.compile the training step; off by default: see docs/performance.md
+    snapshot_every: int = 0  # > 0: keep the weights every this many epochs (and at 0 and the end) for analyze history
+    pc1_penalty: float = 0.0  # > 0: add this times the PC1 share of the penalised layers' batch activations to the loss
+    pc1_penalty_layers: str = "all"  # residual block outputs penalised: all, or names / prefixes such as stage3
 
     def __post_init__(self) -> None:
         ModelConfig(depth=self.depth, width=self.width)  # validates depth and width
@@ -74,7 +77,11 @@ class TrainConfig:
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
             (self.eval_every >= 1, "eval_every", "an integer >= 1"),
             (0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)"),
+            (self.snapshot_every >= 0, "snapshot_every", "an integer >= 0 (0: no snapshots)"),
+            (self.pc1_penalty >= 0, "pc1_penalty", "a float >= 0 (0: no penalty)"),
         ])  # fmt: skip
+        if self.pc1_penalty > 0:
+            penalised_layers(ModelConfig(depth=self.depth, width=self.width), self.pc1_penalty_layers)
 
     def model_config(self, num_classes: int) -> ModelConfig:
         return ModelConfig(depth=self.depth, width=self.width, num_classes=num_classes)
@@ -82,8 +89,11 @@ class TrainConfig:
     def fingerprint(self, *extra: str) -> str:
         """A hash of everything that determines the trained weights (device settings excluded)."""
         fields = dataclasses.asdict(self)
-        for k in ("device", "eval_batch_size", "eval_every", "channels_last", "compile"):
+        for k in ("device", "eval_batch_size", "eval_every", "channels_last", "compile", "snapshot_every"):
             fields.pop(k)
+        if not self.pc1_penalty:  # so that models trained before the penalty existed keep their identity
+            fields.pop("pc1_penalty")
+            fields.pop("pc1_penalty_layers")
         return hashlib.sha256(json.dumps([fields, *extra], sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -97,7 +107,7 @@ def resolve_epochs(preset: str, epochs: int) -> int:
 
 
 # --- analysis -------------------------------------------------------------------------------
-ANALYSES = ("cka", "pc", "probes", "deletion")
+ANALYSES = ("cka", "pc", "probes", "deletion", "dominant")
 LAYER_SETS = ("all", "blocks")
 PROBE_TRAIN = ("subset", "full", "both")
 PRECISIONS = ("float32", "bf16")
@@ -120,6 +130,8 @@ class AnalysisOptions:
     probe_pool: int = 2
     probe_train: str = "subset"  # the model's own training subset, the full training set, or both
     precision: str = "float32"  # activations; "bf16": autocast on CUDA, faster, error measured in docs/performance.md
+    dominant_top: int = 10  # dominant examples per layer (science/dominant.py)
+    history: bool = False  # also analyse the snapshots kept during training (train -P snapshot_every)
 
     def __post_init__(self) -> None:
         unknown = set(self.analyses) - set(ANALYSES)
@@ -138,6 +150,8 @@ class AnalysisOptions:
             (self.probe_pool >= 1, "probe_pool", "an integer >= 1 (1: no pooling, the paper: 2)"),
             (self.probe_train in PROBE_TRAIN, "probe_train", f"one of {', '.join(PROBE_TRAIN)}"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
+            (self.dominant_top >= 1, "dominant_top", "an integer >= 1"),
+            ("dominant" not in self.analyses or "pc" in self.analyses, "analyses", "pc with dominant (it ranks examples on PC1)"),
         ])  # fmt: skip
 
     @property
@@ -146,9 +160,10 @@ class AnalysisOptions:
 
     @staticmethod
     def parse_analyses(text: str) -> tuple[str, ...]:
-        """'pc,probes' -> ('cka', 'pc', 'probes'): CKA always runs, the others need its blocks."""
+        """'pc,probes' -> ('cka', 'pc', 'probes'): CKA always runs, the others need its blocks;
+        dominant brings pc, whose scores it ranks."""
         names = [a.strip() for a in text.split(",") if a.strip()]
-        return tuple(dict.fromkeys(["cka", *names]))
+        return tuple(dict.fromkeys(["cka", *(["pc"] if "dominant" in names else []), *names]))
 
 
 # Block rule (science/blocks.py explains the calibration on the CPU study, docs/cpu-study.md):

@@ -52,9 +52,11 @@ def heatmap(
     subtitle: str = "",
     blocks: Sequence[tuple[int, int]] = (),
     ax=None,
+    bar_label: str = "CKA",
 ) -> Figure:
     """CKA heatmap: layer 0 at the bottom-left as in the paper, stages marked, colour bar 0 to 1.
-    `blocks` are (start, end) index ranges outlined in cyan (detected block structure)."""
+    `blocks` are (start, end) index ranges outlined in cyan (detected block structure); any other
+    layer-by-layer matrix in [0, 1] is drawn the same way under its own `bar_label`."""
     names_x = names_y if names_x is None else names_x
     own = ax is None
     if own:
@@ -71,8 +73,38 @@ def heatmap(
     if title:
         ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
     if own:
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="CKA")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=bar_label)
         fig.tight_layout()
+    return fig
+
+
+def image_grid(images: np.ndarray, captions: Sequence[str], title: str, columns: int = 10) -> Figure:
+    """uint8 images (N, 3, H, W) in rows of `columns`, each captioned, enlarged without smoothing."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.25 * columns, 1.45 * rows + 0.5), dpi=120, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(images):
+            ax.imshow(np.transpose(images[k], (1, 2, 0)), interpolation="nearest")
+            ax.set_title(captions[k], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_strip(matrices: Sequence[np.ndarray], captions: Sequence[str], title: str,
+                  blocks: Sequence[Sequence[tuple[int, int]]] = ()) -> Figure:
+    """Heatmaps of one model side by side (e.g. over training), on one colour scale, blocks outlined."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(2.6 * len(matrices) + 0.8, 3.2), dpi=110, squeeze=False)
+    for k, (ax, matrix) in enumerate(zip(axes[0], matrices)):
+        ax.imshow(matrix, origin="lower", cmap=CMAP, vmin=0, vmax=1, interpolation="nearest")
+        for start, end in (blocks[k] if k < len(blocks) else ()):
+            ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), end - start + 1, end - start + 1, fill=False, ec="cyan", lw=1))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(captions[k], fontsize=8)
+    fig.colorbar(axes[0][0].images[0], ax=list(axes[0]), fraction=0.02, pad=0.01, label="CKA")
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

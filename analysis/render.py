@@ -12,11 +12,13 @@ import pandas as pd
 
 from . import plots
 from .science.blocks import in_block_mask, layers_in_blocks
+from .science.dominant import Dominant
 from .science.explain import ModelReport
 from .science.predictions import GroupComparison
 from .store import contract as c
 
-__all__ = ["write_matrix", "write_heatmap", "write_json", "write_model_report", "write_comparison", "write_predictions"]
+__all__ = ["write_matrix", "write_heatmap", "write_json", "write_model_report", "write_dominant", "write_history",
+           "write_comparison", "write_predictions"]
 
 
 def write_matrix(directory: Path, stem: str, matrix: np.ndarray, names_y: Sequence[str], names_x: Sequence[str]) -> None:
@@ -81,7 +83,46 @@ def write_model_report(directory: Path, report: ModelReport, train_accuracy: str
                            "test accuracy", f"{label}: deleting one residual block at a time",
                            hline=(accuracy, "intact model")), directory / "deletion.png")
         summary["deletion_accuracy"] = report.deletion
+    if report.dominant is not None:
+        summary["dominant"] = write_dominant(directory / c.DOMINANT_DIR, report.dominant, names, spans, label)
     write_json(directory / c.SUMMARY_FILE, summary)
+
+
+def write_dominant(directory: Path, found: Dominant, names: Sequence[str], spans: Sequence[tuple[int, int]], label: str) -> dict:
+    """overlap.npy/.png (Jaccard of the layers' top-k sets), shares.npy (layers x examples),
+    top.csv, statistics.csv and one image grid per block; returns what summary.json keeps."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = found.example_ids
+    np.save(directory / "overlap.npy", found.overlap)
+    np.save(directory / "shares.npy", found.shares.astype(np.float32))
+    write_heatmap(directory, "overlap", found.overlap, names, title=f"{label}: dominant examples shared between layers",
+                  subtitle=f"Jaccard overlap of each layer's top {found.k} examples by share of PC1 variance", blocks=spans)
+    shares = np.take_along_axis(found.shares, found.top, axis=1)
+    pd.DataFrame({"layer": np.repeat(list(names), found.k), "rank": np.tile(np.arange(1, found.k + 1), len(names)),
+                  "test_index": ids[found.top].ravel(), "share": shares.ravel()}).to_csv(directory / "top.csv", index=False)
+    pd.DataFrame(found.statistics).T.to_csv(directory / "statistics.csv", index_label="images")
+    for group in found.groups:
+        captions = [f"#{ids[e]}\n{share:.1%}" for e, share in zip(group.examples, group.shares)]
+        _save(plots.image_grid(group.images, captions, f"{label}, {group.label}: its {found.k} dominant test images "
+                                                       "(share of PC1 variance, averaged over its layers)"),
+              directory / f"{group.label.replace(' ', '-')}.png")
+    return {"k": found.k, "top": {n: ids[t].tolist() for n, t in zip(names, found.top)},
+            "groups": [{"label": g.label, "test_index": ids[g.examples].tolist(), "share": g.shares.tolist()} for g in found.groups],
+            "statistics": found.statistics}
+
+
+def write_history(directory: Path, history: Sequence[tuple[int, ModelReport]], label: str) -> None:
+    """heatmaps.png (one heatmap per snapshot, blocks outlined), epoch-NNNN.npy (its CKA) and summary.json
+    (each snapshot's metrics and blocks)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for epoch, report in history:
+        np.save(directory / f"epoch-{epoch:04d}.npy", report.cka)
+    captions = [f"epoch {e}: " + (f"{r.metrics['block_largest_frac']:.0%} in a block" if r.blocks else "no block") for e, r in history]
+    _save(plots.heatmap_strip([r.cka for _, r in history], captions, f"{label}: CKA over training",
+                              [[(b.start, b.end) for b in r.blocks] for _, r in history]), directory / "heatmaps.png")
+    write_json(directory / c.SUMMARY_FILE, {"label": label, "snapshots": [
+        {"epoch": e, "metrics": r.metrics, "blocks": [b.as_dict() for b in r.blocks],
+         **({"pc1_share": r.pc1_share.tolist()} if r.pc1_share is not None else {})} for e, r in history]})
 
 
 def write_comparison(rows: pd.DataFrame, table: pd.DataFrame, cells: dict[float, dict], out: Path) -> None:

@@ -35,6 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--probe_train", default=d.probe_train, help=f"{', '.join(PROBE_TRAIN)} (subset: the model's own)")
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                    help="activations: float32, or bf16 autocast on CUDA (faster; its error is in docs/performance.md)")
+    p.add_argument("--dominant_top", type=whole_number, default=d.dominant_top, help="dominant examples per layer (analyses=dominant)")
+    p.add_argument("--history", default="false", choices=["true", "false"],
+                   help="also analyse the snapshots kept in training (train -P snapshot_every)")
     p.add_argument("--dataset", type=AUTO, default="auto", help="auto: the dataset the models were trained on")
     add_data_dir(p)
     return p
@@ -56,7 +59,7 @@ def main(args: argparse.Namespace) -> None:
         analyses=AnalysisOptions.parse_analyses(args.analyses), layers=args.layers, num_examples=args.num_examples,
         batch_size=args.batch_size, passes=args.passes, seed=args.seed, pc_iterations=args.pc_iterations,
         probe_examples=args.probe_examples, probe_pool=args.probe_pool, probe_train=args.probe_train,
-        precision=args.precision,
+        precision=args.precision, dominant_top=args.dominant_top, history=args.history == "true",
     )
     check_where(args.device, args.data_dir, args.dataset)
     uris = model_uris(args.models, args.search)

@@ -121,6 +121,12 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device)
     p.add_argument("--eval_every", type=whole_number, default=d.eval_every, help="epochs between test evaluations")
     p.add_argument("--compile", default="false", choices=["true", "false"], help="torch.compile the training step")
+    p.add_argument("--snapshot_every", type=whole_number, default=d.snapshot_every,
+                   help="keep the weights every this many epochs, for analyze -P history=true (0: none)")
+    p.add_argument("--pc1_penalty", type=number, default=d.pc1_penalty,
+                   help="weight of the penalty on the PC1 share of the penalised layers (0: none)")
+    p.add_argument("--pc1_penalty_layers", default=d.pc1_penalty_layers,
+                   help="residual block outputs penalised: all, or names / prefixes such as stage3")
 
 
 def training_settings(args: argparse.Namespace) -> dict:
@@ -129,4 +135,5 @@ def training_settings(args: argparse.Namespace) -> dict:
         "epochs": resolve_epochs(args.preset, args.epochs), "batch_size": args.batch_size, "lr": args.lr,
         "momentum": args.momentum, "weight_decay": args.weight_decay, "dataset": args.dataset, "data_dir": args.data_dir,
         "device": args.device, "eval_every": args.eval_every, "compile": args.compile == "true",
+        "snapshot_every": args.snapshot_every, "pc1_penalty": args.pc1_penalty, "pc1_penalty_layers": args.pc1_penalty_layers,
     }

@@ -103,6 +103,21 @@ def layer_names(config: ModelConfig, which: Literal["all", "blocks"] = "all") ->
     return names + ["pool", "logits"]
 
 
+def penalised_layers(config: ModelConfig, spec: str) -> list[str]:
+    """The residual block outputs that `spec` picks: "all", or a comma list of block-output names
+    or prefixes of them ("stage3", "stage2.block4"), in forward order."""
+    outputs = layer_names(config, "blocks")
+    if spec.strip() == "all":
+        return outputs
+    wanted = [w.strip() for w in spec.split(",") if w.strip()]
+    unmatched = [w for w in wanted if not any(o == w or o.startswith(w + ".") for o in outputs)]
+    if unmatched or not wanted:
+        raise ValueError(f"pc1_penalty_layers={spec!r} names no residual block output of a ResNet-{config.depth} "
+                         f"({', '.join(unmatched) or 'empty'}); use all, or e.g. stage3 or stage2.block1 "
+                         f"(outputs {outputs[0]} to {outputs[-1]})")
+    return [o for o in outputs if any(o == w or o.startswith(w + ".") for w in wanted)]
+
+
 class Add(nn.Module):
     """The residual sum as a module, so that it can be hooked by name."""
 

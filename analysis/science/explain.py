@@ -6,6 +6,8 @@ and the metrics that test each claim against its blocks (Nguyen, Raghu & Kornbli
 - Linear probes barely improve across the block (probe_gain_in_block).
 - Deleting a residual block inside the block costs little accuracy (deletion_drop_*).
 - The block differs between seeds while the rest agrees (cross_seed_similarity).
+- Beyond the paper (its follow-up, arXiv 2202.07184): a few dominant images carry the block's
+  PC1, the same ones in every layer of the block (dominant_overlap_*, dominant.py).
 A block means something only in a model that fits its training set (fit_to_training_set).
 """
 
@@ -21,6 +23,7 @@ import torch
 from ..config import FITS_TRAINING_SET
 from ..data import indices_hash, subset_indices
 from .blocks import Block, block_metrics, in_block_mask, layers_in_blocks, mean_off_diagonal
+from .dominant import Dominant, dominant_metrics
 
 __all__ = ["ModelReport", "explanation_metrics", "fit_to_training_set", "probe_training_indices",
            "cross_seed_similarity", "base_metrics"]
@@ -42,6 +45,7 @@ class ModelReport:
     probe_names: list[str] | None = None
     probe_accuracy: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # train set -> per probe layer
     deletion: dict[str, float] | None = None  # block -> accuracy with it deleted
+    dominant: Dominant | None = None
 
     @property
     def largest(self) -> Block | None:
@@ -78,6 +82,8 @@ def explanation_metrics(report: ModelReport) -> dict[str, float]:
         mask = layers_in_blocks(found, names, [f"{b}.relu" for b in report.deletion])
         out["deletion_drop_in_block"] = _mean(drops[mask])
         out["deletion_drop_outside"] = _mean(drops[~mask])
+    if report.dominant is not None:
+        out.update(dominant_metrics(report.dominant, found))
     return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
 
 

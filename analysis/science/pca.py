@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..nets import feature_widths, flat_features, stream
 
-__all__ = ["PC1", "estimate_pc1"]
+__all__ = ["PC1", "estimate_pc1", "batch_pc1_share"]
 
 
 @dataclasses.dataclass
@@ -35,6 +35,7 @@ class PC1:
     directions: list[torch.Tensor]  # unit vector per layer (d,), float32, on the model's device
     share: np.ndarray  # lambda_1 / total variance per layer
     residual: np.ndarray  # ||C v - lambda_1 v|| / lambda_1 per layer: 0 when converged
+    scores: np.ndarray  # (layers, N) float32: each example's centred activations projected on the layer's PC1
 
 
 @torch.inference_mode()
@@ -62,6 +63,10 @@ def estimate_pc1(
     bounds = np.concatenate([[0], np.cumsum(widths)]).tolist()
     shift_all, started = torch.empty(bounds[-1], device=device), [False] * n_layers
     basis_all = torch.empty(bounds[-1], block, device=device)
+    # The last pass keeps every example's X V (n x block per layer, tiny): the final direction is
+    # V w, so each example's PC1 score is (X V) w less the mean's, with no pass of its own.
+    xv_last = torch.empty(n_layers, n, block, device=device)
+    last = [False]
     cv_all = torch.empty(bounds[-1], block, device=device)
     total_all = torch.empty(bounds[-1], dtype=torch.float64, device=device)
     sq = torch.empty(n_layers, dtype=torch.float64, device=device)
@@ -71,13 +76,16 @@ def estimate_pc1(
     for i in range(n_layers):
         basis[i].copy_(torch.linalg.qr(torch.randn(widths[i], block, generator=generator, dtype=torch.float64))[0])
 
-    def consume(i: int, out: torch.Tensor, _rows: slice) -> None:
+    def consume(i: int, out: torch.Tensor, rows: slice) -> None:
         x = flat_features(out).float()
         if not started[i]:
             shift[i].copy_(x.mean(0))
             started[i] = True
         x = x - shift[i]
-        xv1 = torch.cat([x @ basis[i], torch.ones(len(x), 1, device=x.device)], 1)
+        xv = x @ basis[i]
+        if last[0]:
+            xv_last[i, rows] = xv
+        xv1 = torch.cat([xv, torch.ones(len(x), 1, device=x.device)], 1)
         product = x.T @ xv1  # X^T X V and, in its last column, the column sums: one read of x
         cv[i] += product[:, :-1]
         total[i] += product[:, -1]
@@ -85,8 +93,10 @@ def estimate_pc1(
 
     residual = np.zeros(n_layers)
     share = np.zeros(n_layers)
+    scores = np.zeros((n_layers, n), dtype=np.float32)
     directions: list[torch.Tensor] = [None] * n_layers  # type: ignore[list-item]
-    for _ in tqdm(range(iterations), desc="PC1 power iterations", disable=None if progress is None else not progress):
+    for iteration in tqdm(range(iterations), desc="PC1 power iterations", disable=None if progress is None else not progress):
+        last[0] = iteration == iterations - 1
         for buffer in (cv_all, total_all, sq):
             buffer.zero_()
         stream(model, images, names, consume, batch_size, bf16=bf16)
@@ -103,8 +113,20 @@ def estimate_pc1(
             variance = float(sq[i]) / n - float(mean @ mean)
             share[i] = lam / variance if variance > 0 else np.nan
             directions[i] = (top / torch.linalg.norm(top)).float()
+            if last[0]:
+                scores[i] = ((xv_last[i].double() @ vectors[:, -1] - mean @ top) / torch.linalg.norm(top)).cpu().numpy()
             basis[i].copy_(torch.linalg.qr(c_v)[0])
     dead = [names[i] for i in range(n_layers) if not np.isfinite(share[i])]
     if dead:
         raise ValueError(f"layer(s) {', '.join(dead[:5])} have zero variance over the examples; PC1 is undefined")
-    return PC1(directions=directions, share=share, residual=residual)
+    return PC1(directions=directions, share=share, residual=residual, scores=scores)
+
+
+def batch_pc1_share(features: torch.Tensor) -> torch.Tensor:
+    """The share of a batch's variance along its first principal component, differentiably: the
+    top eigenvalue of the batch-centred Gram over its trace (the Gram is n x n, so this costs
+    O(n^2 d) and an n x n eigenproblem, float64). The training penalty (train -P pc1_penalty)."""
+    x = flat_features(features).float()
+    x = x - x.mean(0)
+    gram = (x @ x.T).double()
+    return torch.linalg.eigvalsh(gram)[-1] / gram.diagonal().sum().clamp_min(torch.finfo(torch.float64).tiny)

@@ -6,6 +6,9 @@ Order, and what shares a forward pass:
    Grams for CKA and, with pc, the PC1 projections for CKA without PC1 and of PC1 alone.
 3. probes: one pass over the probe training examples, one over the analysed test examples.
 4. deletion: one pass over the analysed test examples per deletable block.
+5. dominant: no pass of its own; it ranks the examples on the PC1 scores of step 1.
+With history, every training snapshot of each model is analysed the same way (cka, and pc and
+dominant if chosen) and logged with step = epoch under history/ in the model's run.
 
 Logging: every model gets a child run of the stage's run, named after the model, holding its
 metrics, matrices and heatmaps and, as params, the version's depth, width, seed, data fraction,
@@ -24,16 +27,19 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import mlflow
+import numpy as np
 import torch
 from mlflow import MlflowClient
+from tqdm.auto import tqdm
 
 from ..config import AnalysisOptions
 from ..data import ImageData, load_dataset
 from ..device import resolve_device
 from ..nets import layer_names
-from ..render import write_heatmap, write_matrix, write_model_report
+from ..render import write_heatmap, write_history, write_matrix, write_model_report
 from ..science.blocks import find_blocks
 from ..science.deletion import deletion_accuracy
+from ..science.dominant import find_dominant
 from ..science.explain import ModelReport, base_metrics, explanation_metrics, fit_to_training_set, probe_training_indices
 from ..science.pca import estimate_pc1
 from ..science.probes import fit_probes, probe_accuracy, probe_layers
@@ -41,10 +47,12 @@ from ..science.similarity import ModelCKA, model_cka
 from ..store import contract as c
 from ..store.datasets import log_analysed_examples
 from ..store.lookup import tag_value
-from ..store.model_files import LoadedModel, load_model
+from ..store.model_files import LoadedModel, build_with_weights, load_model, training_snapshots
 from ..store.tracking import stage_run
 
-__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "example_indices", "check_dataset"]
+__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "example_indices", "check_dataset"]
+
+HISTORY_ANALYSES = ("cka", "pc", "dominant")  # what each training snapshot gets; probes and deletion are left to the final model
 
 
 @dataclasses.dataclass
@@ -66,7 +74,8 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
         examples = example_indices(len(data.test_x), options)
         log_analysed_examples(data, examples)
         reports, joint = analyze_models(loaded, data, options, progress)
-        model_runs = _log(reports, loaded, joint, options, lambda: log_analysed_examples(data, examples))
+        histories = [analyze_history(m, data, options, progress) if options.history else [] for m in loaded]
+        model_runs = _log(reports, histories, loaded, joint, options, lambda: log_analysed_examples(data, examples))
     return AnalyzeOutcome(run.info.run_id, reports, joint, model_runs)
 
 
@@ -95,8 +104,8 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
     (whose cross blocks compare the models pairwise)."""
     if data.num_classes != models[0].config.num_classes:
         raise ValueError(f"dataset {data.name!r} has {data.num_classes} classes but the models predict {models[0].config.num_classes}")
-    index = example_indices(len(data.test_x), options)
-    images, targets = data.test_x[index], data.test_y[index]
+    examples = example_indices(len(data.test_x), options)
+    images, targets = data.test_x[examples], data.test_y[examples]
     names = [layer_names(m.config, options.layers) for m in models]
 
     pcs = None
@@ -120,6 +129,8 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
             report.cka_without_pc1 = joint.within(i, "without_pc1")
             report.cka_pc1_only = joint.within(i, "pc1_only")
             report.pc1_share, report.pc1_residual = pcs[i].share, pcs[i].residual
+        if "dominant" in options.analyses:
+            report.dominant = find_dominant(pcs[i].scores, found, images, examples.numpy(), options.dominant_top)
         if "probes" in options.analyses:
             report.probe_names = probe_layers(m.config)
             for train_set in (("subset", "full") if options.probe_train == "both" else (options.probe_train,)):
@@ -137,7 +148,30 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
     return reports, joint
 
 
-def _log(reports: Sequence[ModelReport], loaded: Sequence[LoadedModel], joint: ModelCKA, options: AnalysisOptions,
+def analyze_history(m: LoadedModel, data: ImageData, options: AnalysisOptions,
+                    progress: bool | None = None) -> list[tuple[int, ModelReport]]:
+    """(epoch, report) for every weight snapshot its training kept, analysed like the model itself
+    (HISTORY_ANALYSES among the chosen ones) on the same examples."""
+    chosen = dataclasses.replace(options, analyses=tuple(a for a in options.analyses if a in HISTORY_ANALYSES), history=False)
+    device = next(m.model.parameters()).device
+    tags = {k: v for k, v in m.tags.items() if k != c.TRAIN_ACCURACY}  # the final model's, not the snapshot's
+    out = []
+    for epoch, weights in tqdm(training_snapshots(m), desc=f"{m.label}: training history", disable=None if progress is None else not progress):
+        model = build_with_weights(m.config, weights, f"{m.uri} snapshot of epoch {epoch}").to(device).eval()
+        reports, _ = analyze_models([dataclasses.replace(m, model=model, tags=tags)], data, chosen, progress=False)
+        out.append((epoch, reports[0]))
+    return out
+
+
+def history_metrics(report: ModelReport) -> dict[str, float]:
+    """What one snapshot's analysis logs at step = epoch: its metrics and PC1's share over all layers."""
+    out = dict(report.metrics)
+    if report.pc1_share is not None:
+        out.update(pc1_share_mean=float(np.mean(report.pc1_share)), pc1_share_max=float(np.max(report.pc1_share)))
+    return {f"{c.HISTORY_DIR}/{k}": v for k, v in out.items()}
+
+
+def _log(reports: Sequence[ModelReport], histories: Sequence[list[tuple[int, ModelReport]]], loaded: Sequence[LoadedModel], joint: ModelCKA, options: AnalysisOptions,
          log_examples: Callable[[], None]) -> list[str]:
     """One child run per model under the active run, which gets the cross matrices."""
     common = {"num_examples": joint.num_examples, "batches": joint.batches, "passes": options.passes,
@@ -146,11 +180,17 @@ def _log(reports: Sequence[ModelReport], loaded: Sequence[LoadedModel], joint: M
     mlflow.set_tag(c.ANALYSIS_MODELS, ",".join(m.uri for m in loaded))
     mlflow.log_param("analysed_examples", joint.num_examples)
     run_ids = []
-    for report, m in zip(reports, loaded):
+    for report, history, m in zip(reports, histories, loaded):
         with stage_run("analyze", run_name=m.label) as child:
             mlflow.log_params({k: m.tags[k] for k in c.VERSION_CONFIG if k in m.tags})
             log_examples()
             _log_model(report, m, common, child.info.run_id)
+            if history:
+                for epoch, snapshot in history:
+                    mlflow.log_metrics(history_metrics(snapshot), step=epoch)
+                with tempfile.TemporaryDirectory() as tmp:
+                    write_history(Path(tmp), history, m.label)
+                    mlflow.log_artifacts(tmp, c.HISTORY_DIR)
             run_ids.append(child.info.run_id)
     if len(reports) > 1:
         with tempfile.TemporaryDirectory() as tmp:

@@ -100,6 +100,7 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
         print(f"resuming from epoch {len(previous['history'])} of run {previous['run_id']}", file=sys.stderr)
     mlflow.set_tags({c.LINEAGE: lineage, c.FINGERPRINT: fingerprint})
 
+    snapshots = checkpoints.snapshot_dir(ckpt)
     result = train(
         config,
         data,
@@ -107,7 +108,10 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
         checkpoint_meta={"lineage": lineage, "run_id": run_id},
         on_epoch=lambda epoch, metrics: mlflow.log_metrics({**metrics, "epoch": epoch}, step=epoch),
         progress=progress,
+        on_snapshot=lambda epoch, model: checkpoints.save_snapshot(snapshots, epoch, model),
     )
+    if config.snapshot_every:  # all of them, those taken before a resume included
+        mlflow.log_artifacts(str(snapshots), c.SNAPSHOT_DIR)
     mlflow.log_params({c.TRAIN_SIZE: result.train_size, c.SUBSET_HASH: result.subset_hash, "num_classes": data.num_classes,
                        c.SKIPPED_IMAGES: data.skipped_images})
 

@@ -24,7 +24,7 @@ __all__ = [
     "VERSION_CONFIG", "VERSION_ACCURACY", "TEST_ACCURACY", "TRAIN_ACCURACY", "TRAIN_SIZE", "SUBSET_HASH", "SKIPPED_IMAGES", "EPOCHS",
     "ANALYSIS_RUN_ID", "TEST_LOGITS", "STUDY_ANALYSED", "NEWEST_ALIAS",
     "BLOCK_METRICS", "EXPLANATION_METRICS", "ANALYSIS_ACCURACY", "FITS_TRAINING_SET_METRIC", "ANALYSIS_METRICS",
-    "CKA_DIR", "MATRIX_FILE", "SUMMARY_FILE", "HEATMAP_FILE", "CROSS_DIR", "LOGITS_DIR", "COMPARISON_DIR",
+    "CKA_DIR", "DOMINANT_DIR", "HISTORY_DIR", "SNAPSHOT_DIR", "MATRIX_FILE", "SUMMARY_FILE", "HEATMAP_FILE", "CROSS_DIR", "LOGITS_DIR", "COMPARISON_DIR",
     "PREDICTIONS_DIR", "REPORT_DIR", "MODEL_CONFIG_FILE", "MODEL_WEIGHTS_FILE",
     "model_uri", "cross_dir", "logits_artifact",
 ]  # fmt: skip
@@ -73,12 +73,15 @@ ANALYSIS_ACCURACY = "analysis_test_accuracy"
 FITS_TRAINING_SET_METRIC = "fits_training_set"
 EXPLANATION_METRICS = (
     "pc1_share_in_block", "pc1_share_outside", "block_mean_cka_without_pc1", "probe_gain_in_block",
-    "deletion_drop_in_block", "deletion_drop_outside",
+    "deletion_drop_in_block", "deletion_drop_outside", "dominant_overlap_in_block", "dominant_overlap_outside",
 )  # fmt: skip
 ANALYSIS_METRICS = (*BLOCK_METRICS, ANALYSIS_ACCURACY, *EXPLANATION_METRICS)
 
 # --- artifacts --------------------------------------------------------------------------------
 CKA_DIR = "cka"  # per-model analysis: cka.npy/.csv, summary.json, heatmap*.png, pc1_share.png, ...
+DOMINANT_DIR = "dominant"  # under CKA_DIR: overlap, shares, top examples, image grids, statistics
+HISTORY_DIR = "history"  # per-model analysis of the training snapshots: heatmap strip, matrices
+SNAPSHOT_DIR = "snapshots"  # train runs: weights every snapshot_every epochs, epoch-0000.safetensors, ...
 MATRIX_FILE = "cka.npy"
 SUMMARY_FILE = "summary.json"
 HEATMAP_FILE = "heatmap.png"

@@ -36,10 +36,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..nets import ModelConfig, ResNet, build_model
-from .contract import LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, model_uri
+from .contract import LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, SNAPSHOT_DIR, model_uri
 from .lookup import find_versions, resolve_version
 
-__all__ = ["LoadedModel", "register", "load_model", "write_model_files", "read_model_files"]
+__all__ = ["LoadedModel", "register", "load_model", "write_model_files", "read_model_files", "build_with_weights",
+           "training_snapshots"]
 
 FORMAT = 1
 
@@ -165,10 +166,16 @@ def read_model_files(directory: Path, what: str) -> tuple[ModelConfig, dict, Res
         config = ModelConfig.from_dict(meta["model"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{what}: {MODEL_CONFIG_FILE} is missing or invalid ({err}); re-register the model with `train`") from None
+    return config, meta.get("training", {}), build_with_weights(config, directory / MODEL_WEIGHTS_FILE, what)
+
+
+def build_with_weights(config: ModelConfig, weights: Path, what: str) -> ResNet:
+    """The network of `config` with the safetensors state dict at `weights`, checked: errors name
+    `what` and the problem (a missing or corrupt file, NaN weights, a config mismatch)."""
     try:
-        state = load_file(str(directory / MODEL_WEIGHTS_FILE))
+        state = load_file(str(weights))
     except (OSError, SafetensorError) as err:
-        raise ValueError(f"{what}: {MODEL_WEIGHTS_FILE} is missing or corrupt ({err}); re-register the model with `train`") from None
+        raise ValueError(f"{what}: {weights.name} is missing or corrupt ({err}); re-register the model with `train`") from None
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{what}: weights hold NaN or infinite values in {', '.join(bad[:3])}; the model cannot be analysed")
@@ -178,6 +185,21 @@ def read_model_files(directory: Path, what: str) -> tuple[ModelConfig, dict, Res
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise ValueError(f"{what}: weights do not match the config {config} ({first})") from None
-    return config, meta.get("training", {}), model
+    return model
+
+
+def training_snapshots(m: LoadedModel) -> list[tuple[int, Path]]:
+    """(epoch, local weights file) of every snapshot its training kept (train -P snapshot_every), in
+    epoch order; refused, naming the fix, when it kept none."""
+    found = []
+    if m.run_id:
+        try:
+            entries = MlflowClient().list_artifacts(m.run_id, SNAPSHOT_DIR)
+        except (MlflowException, OSError):
+            entries = []
+        found = sorted((int(Path(e.path).stem.split("-")[1]), e.path) for e in entries if e.path.endswith(".safetensors"))
+    if not found:
+        raise ValueError(f"{m.uri} has no training snapshots; train it with -P snapshot_every=K (e.g. 10) to analyse its history")
+    return [(epoch, Path(mlflow.artifacts.download_artifacts(run_id=m.run_id, artifact_path=path))) for epoch, path in found]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,13 +30,31 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from ..data import CACHE_DIR_ENV, cache_dir
 
-__all__ = ["checkpoint_path", "check_writable", "read_meta", "save", "restore", "remove"]
+__all__ = ["checkpoint_path", "check_writable", "read_meta", "save", "restore", "remove", "snapshot_dir", "save_snapshot"]
 
 UNREADABLE = (SafetensorError, OSError, ValueError, KeyError)
 
 
 def checkpoint_path(fingerprint: str) -> Path:
     return cache_dir() / "checkpoints" / f"{fingerprint}.safetensors"
+
+
+def snapshot_dir(path: Path) -> Path:
+    """Where a training keeps its weight snapshots (train -P snapshot_every) until it registers:
+    beside its checkpoint, so a resumed run still logs the snapshots taken before the crash."""
+    return path.with_name(f"{path.stem}.snapshots")
+
+
+def save_snapshot(folder: Path, epoch: int, model: torch.nn.Module) -> Path:
+    """The model's weights after `epoch` epochs as folder/epoch-NNNN.safetensors, written whole or not at all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"epoch-{epoch:04d}.safetensors"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.chmod(tmp, 0o644)
+    _fsync(tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _previous(path: Path) -> Path:
@@ -130,6 +149,7 @@ def restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 
 
 def remove(path: Path) -> None:
-    """Remove the checkpoint and the one before it (the registry now holds the model)."""
+    """Remove the checkpoint, the one before it and the snapshots (the registry and the run now hold them)."""
     path.unlink(missing_ok=True)
     _previous(path).unlink(missing_ok=True)
+    shutil.rmtree(snapshot_dir(path), ignore_errors=True)

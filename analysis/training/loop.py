@@ -12,6 +12,13 @@ Why it looks the way it does:
   run resumed from the checkpoint of epoch e ends with the same weights as one never stopped.
 - The learning rate follows the paper's cosine decay per step, computed from the step index,
   so there is no scheduler state to checkpoint.
+- Snapshots (snapshot_every) are handed over before the checkpoint of their epoch is written, so
+  a crash never leaves a checkpoint past a snapshot that was not kept.
+- The PC1 penalty (pc1_penalty; Nguyen, Raghu & Kornblith's follow-up, arXiv 2202.07184, removes
+  the block by penalising the dominant principal component) reads the penalised block outputs
+  through forward hooks that keep the graph, and adds lambda x their mean batch PC1 share
+  (pca.batch_pc1_share) to the cross-entropy; train_loss stays the cross-entropy alone, and the
+  term is logged apart (train_pc1_share, train_pc1_penalty).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from tqdm.auto import tqdm
 from ..config import CLEAN_TRAIN_EVAL_MAX, TrainConfig
 from ..data import ImageData, augment, indices_hash, subset_indices
 from ..device import autocast, peak_flops, prepare_model, resolve_device
-from ..nets import ModelConfig, ResNet, build_model, decayed_parameters, evaluate
+from ..nets import ModelConfig, ResNet, build_model, decayed_parameters, evaluate, penalised_layers, tapped
+from ..science.pca import batch_pc1_share
 from . import checkpoints
 
 __all__ = ["TrainResult", "train", "cosine_lr", "use_channels_last", "step_flops_per_image"]
@@ -83,12 +91,15 @@ def train(
     checkpoint_meta: dict | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool | None = None,
+    on_snapshot: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train one model. With `checkpoint`, resume from it if present and rewrite it every epoch.
 
     `checkpoint_meta` is stored in each checkpoint beside the epoch and history. `on_epoch(epoch,
     metrics)` is called after every epoch, and first for every epoch restored from a checkpoint,
-    so a resumed run still reports a complete history. `progress=None` shows a bar on a terminal.
+    so a resumed run still reports a complete history. With `config.snapshot_every` > 0,
+    `on_snapshot(epoch, model)` is called before training (epoch 0), every `snapshot_every`
+    epochs and after the last. `progress=None` shows a bar on a terminal.
     """
     device = resolve_device(config.device)
     subset = subset_indices(data.train_y, config.data_fraction, config.subset_seed)
@@ -125,64 +136,89 @@ def train(
         if on_epoch:
             on_epoch(epoch, metrics)
 
+    def snapshot_due(epoch: int) -> bool:
+        return on_snapshot is not None and config.snapshot_every > 0 and (
+            epoch % config.snapshot_every == 0 or epoch == config.epochs)
+
+    if start_epoch == 0 and snapshot_due(0):
+        on_snapshot(0, model)
+    penalised = penalised_layers(model_config, config.pc1_penalty_layers) if config.pc1_penalty > 0 else []
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep_training_output(i: int, out: torch.Tensor) -> None:
+        if model.training:  # evaluation passes run through the same hooks
+            captured[i] = out
+
     peak = peak_flops(device)  # model FLOP utilisation is logged on GPUs of known peak
     flops_per_image = step_flops_per_image(model_config, tuple(train_x.shape[1:])) if peak else 0.0
     forward = torch.compile(model) if config.compile else model  # shares the parameters of `model`
     steps_per_epoch = n // config.batch_size  # the remainder is dropped; reshuffled every epoch
     total_steps = config.epochs * steps_per_epoch
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        generator = epoch_generator(config.seed, epoch, device)
-        order = torch.randperm(n, device=device, generator=generator)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        started = time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=_no_bar(progress), leave=False)
-        for step in bar:
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = augment(train_x[batch], generator).contiguous(memory_format=memory_format)
-            y = train_y[batch]
-            lr = cosine_lr(epoch * steps_per_epoch + step, total_steps, config.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast(device):
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(batch)
-            correct += (logits.argmax(1) == y).sum()
-            if step % 25 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        seen = steps_per_epoch * config.batch_size
-        train_loss = loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"training loss became {train_loss} in epoch {epoch + 1}; lower lr={config.lr} or check the data"
-            )
-        metrics = {
-            "train_loss": train_loss,
-            "train_accuracy": correct.item() / seen,
-            "lr": lr,
-            "images_per_sec": seen / seconds,
-            "epoch_seconds": seconds,
-        }
-        if peak:
-            metrics["mfu"] = seen / seconds * flops_per_image / peak
-        # On small training subsets a full test pass can cost more than the epoch itself.
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            scores = evaluate(model, score_x, score_y, config.eval_batch_size, bf16=True)
-            metrics.update({f"{score_name}_loss": scores["loss"], f"{score_name}_accuracy": scores["accuracy"]})
-        history.append(metrics)
-        if checkpoint is not None:
-            checkpoints.save(checkpoint, model, optimizer, {**(checkpoint_meta or {}), "history": history})
-        if on_epoch:
-            on_epoch(epoch + 1, metrics)
+    with tapped(model, penalised, keep_training_output):  # no layers, no hooks
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            generator = epoch_generator(config.seed, epoch, device)
+            order = torch.randperm(n, device=device, generator=generator)
+            loss_sum = torch.zeros((), device=device)
+            share_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            started = time.perf_counter()
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=_no_bar(progress), leave=False)
+            for step in bar:
+                batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+                x = augment(train_x[batch], generator).contiguous(memory_format=memory_format)
+                y = train_y[batch]
+                lr = cosine_lr(epoch * steps_per_epoch + step, total_steps, config.lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast(device):
+                    logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y)
+                objective = loss
+                if penalised:
+                    share = torch.stack([batch_pc1_share(captured.pop(i)) for i in range(len(penalised))]).mean()
+                    objective = loss + config.pc1_penalty * share
+                    share_sum += share.detach() * len(batch)
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(batch)
+                correct += (logits.argmax(1) == y).sum()
+                if step % 25 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            seen = steps_per_epoch * config.batch_size
+            train_loss = loss_sum.item() / seen
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"training loss became {train_loss} in epoch {epoch + 1}; lower lr={config.lr} or check the data"
+                )
+            metrics = {
+                "train_loss": train_loss,
+                "train_accuracy": correct.item() / seen,
+                "lr": lr,
+                "images_per_sec": seen / seconds,
+                "epoch_seconds": seconds,
+            }
+            if peak:
+                metrics["mfu"] = seen / seconds * flops_per_image / peak
+            if penalised:
+                metrics["train_pc1_share"] = share_sum.item() / seen
+                metrics["train_pc1_penalty"] = config.pc1_penalty * metrics["train_pc1_share"]
+            # On small training subsets a full test pass can cost more than the epoch itself.
+            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                scores = evaluate(model, score_x, score_y, config.eval_batch_size, bf16=True)
+                metrics.update({f"{score_name}_loss": scores["loss"], f"{score_name}_accuracy": scores["accuracy"]})
+            history.append(metrics)
+            if snapshot_due(epoch + 1):
+                on_snapshot(epoch + 1, model)
+            if checkpoint is not None:
+                checkpoints.save(checkpoint, model, optimizer, {**(checkpoint_meta or {}), "history": history})
+            if on_epoch:
+                on_epoch(epoch + 1, metrics)
 
     # Training accuracy without augmentation: the paper's block structure only means something
     # for models that fit their training set, so it is reported beside every analysis.
