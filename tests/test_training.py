@@ -7,6 +7,7 @@ from analysis.training import checkpoints
 from analysis.config import TrainConfig
 from analysis.data import load_dataset
 from analysis.nets import ModelConfig
+from analysis.science.pca import batch_pc1_share
 from analysis.training import cosine_lr, train, use_channels_last
 
 TINY = dict(depth=8, width=0.25, epochs=3, batch_size=50, device="cpu")
@@ -172,3 +173,71 @@ def test_training_step_flops_match_a_hand_count_of_resnet8():
     forward = 2 * sum(macs.values())
     # Backward: the gradients of the weights and of the inputs (twice the forward), but the image needs none.
     assert step_flops_per_image(ModelConfig(8, 1), (3, 32, 32)) == 3 * forward - 2 * macs["stem"]
+
+
+def test_snapshots_are_taken_at_the_start_every_k_epochs_and_at_the_end_and_survive_a_resume(data, tmp_path):
+    config = TrainConfig(**{**TINY, "epochs": 5, "snapshot_every": 2})
+    folder = checkpoints.snapshot_dir(tmp_path / "ckpt.safetensors")
+    taken = []
+
+    def keep(epoch, model):
+        taken.append(epoch)
+        checkpoints.save_snapshot(folder, epoch, model)
+
+    def die_after_third_epoch(epoch, metrics):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, checkpoint=tmp_path / "ckpt.safetensors", on_epoch=die_after_third_epoch, on_snapshot=keep, progress=False)
+    result = train(config, data, checkpoint=tmp_path / "ckpt.safetensors", on_snapshot=keep, progress=False)
+    assert taken == [0, 2, 4, 5]  # epoch 0 once, before the crash; nothing taken twice
+    assert sorted(p.name for p in folder.iterdir()) == [f"epoch-000{e}.safetensors" for e in (0, 2, 4, 5)]
+    from safetensors.torch import load_file
+
+    final = load_file(str(folder / "epoch-0005.safetensors"))
+    assert all(torch.equal(final[k], v) for k, v in result.model.state_dict().items())
+    assert not torch.equal(load_file(str(folder / "epoch-0000.safetensors"))["logits.weight"], final["logits.weight"])
+    checkpoints.remove(tmp_path / "ckpt.safetensors")
+    assert not folder.exists()
+
+
+def test_batch_pc1_share_matches_a_float64_eigendecomposition_and_has_a_gradient():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(40, 6, generator=g) * torch.tensor([5.0, 2, 1, 1, 0.5, 0.1])).requires_grad_()
+    share = batch_pc1_share(x)
+    centred = (x.detach() - x.detach().mean(0)).double()
+    eig = torch.linalg.eigvalsh(centred.T @ centred)
+    assert float(share.detach()) == pytest.approx(float(eig[-1] / eig.sum()), rel=1e-6)
+    share.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    rank_one = torch.outer(torch.arange(10.0), torch.ones(3))
+    assert float(batch_pc1_share(rank_one)) == pytest.approx(1.0)
+    assert float(batch_pc1_share(torch.zeros(5, 3))) == 0.0  # a dead layer: no NaN in the loss
+
+
+def test_the_pc1_penalty_lowers_the_penalised_layers_pc1_share(data):
+    from analysis.nets import penalised_layers, stream
+
+    base = {**TINY, "epochs": 4, "lr": 0.05}
+    plain = train(TrainConfig(**base), data, progress=False)
+    penalised = train(TrainConfig(**base, pc1_penalty=2.0), data, progress=False)
+    assert "train_pc1_share" not in plain.history[-1]
+    shares = [h["train_pc1_share"] for h in penalised.history]
+    assert penalised.history[-1]["train_pc1_penalty"] == pytest.approx(2.0 * shares[-1])
+    names = penalised_layers(ModelConfig(8, 0.25), "all")
+
+    def pc1_share_on_test(model):
+        out = []
+        stream(model, data.test_x[:100], names, lambda i, a, rows: out.append(float(batch_pc1_share(a))), batch_size=100)
+        return sum(out) / len(out)
+
+    assert pc1_share_on_test(penalised.model) < 0.8 * pc1_share_on_test(plain.model)
+
+
+def test_fingerprints_ignore_snapshots_and_an_unused_penalty():
+    base = TrainConfig(**TINY)
+    assert TrainConfig(**TINY, snapshot_every=5).fingerprint() == base.fingerprint()
+    assert TrainConfig(**TINY, pc1_penalty_layers="stage3").fingerprint() == base.fingerprint()
+    assert TrainConfig(**TINY, pc1_penalty=0.1).fingerprint() != base.fingerprint()
+    assert TrainConfig(**TINY, pc1_penalty=0.1).fingerprint() != TrainConfig(**TINY, pc1_penalty=0.1, pc1_penalty_layers="stage3").fingerprint()

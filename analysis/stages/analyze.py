@@ -73,8 +73,9 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
         data = load_dataset(check_dataset(loaded, dataset), data_dir or None)
         examples = example_indices(len(data.test_x), options)
         log_analysed_examples(data, examples)
+        snapshots = [training_snapshots(m) if options.history else [] for m in loaded]  # refused before any work
         reports, joint = analyze_models(loaded, data, options, progress)
-        histories = [analyze_history(m, data, options, progress) if options.history else [] for m in loaded]
+        histories = [analyze_history(m, found, data, options, progress) for m, found in zip(loaded, snapshots)]
         model_runs = _log(reports, histories, loaded, joint, options, lambda: log_analysed_examples(data, examples))
     return AnalyzeOutcome(run.info.run_id, reports, joint, model_runs)
 
@@ -148,15 +149,16 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
     return reports, joint
 
 
-def analyze_history(m: LoadedModel, data: ImageData, options: AnalysisOptions,
+def analyze_history(m: LoadedModel, snapshots: Sequence[tuple[int, str]], data: ImageData, options: AnalysisOptions,
                     progress: bool | None = None) -> list[tuple[int, ModelReport]]:
-    """(epoch, report) for every weight snapshot its training kept, analysed like the model itself
-    (HISTORY_ANALYSES among the chosen ones) on the same examples."""
+    """(epoch, report) for each of the model's training snapshots (model_files.training_snapshots),
+    analysed like the model itself (HISTORY_ANALYSES among the chosen ones) on the same examples."""
     chosen = dataclasses.replace(options, analyses=tuple(a for a in options.analyses if a in HISTORY_ANALYSES), history=False)
     device = next(m.model.parameters()).device
     tags = {k: v for k, v in m.tags.items() if k != c.TRAIN_ACCURACY}  # the final model's, not the snapshot's
     out = []
-    for epoch, weights in tqdm(training_snapshots(m), desc=f"{m.label}: training history", disable=None if progress is None else not progress):
+    for epoch, path in tqdm(snapshots, desc=f"{m.label}: training history", disable=None if progress is None else not progress):
+        weights = Path(mlflow.artifacts.download_artifacts(run_id=m.run_id, artifact_path=path))
         model = build_with_weights(m.config, weights, f"{m.uri} snapshot of epoch {epoch}").to(device).eval()
         reports, _ = analyze_models([dataclasses.replace(m, model=model, tags=tags)], data, chosen, progress=False)
         out.append((epoch, reports[0]))

@@ -188,9 +188,9 @@ def build_with_weights(config: ModelConfig, weights: Path, what: str) -> ResNet:
     return model
 
 
-def training_snapshots(m: LoadedModel) -> list[tuple[int, Path]]:
-    """(epoch, local weights file) of every snapshot its training kept (train -P snapshot_every), in
-    epoch order; refused, naming the fix, when it kept none."""
+def training_snapshots(m: LoadedModel) -> list[tuple[int, str]]:
+    """(epoch, artifact path in the training run) of every snapshot its training kept (train -P
+    snapshot_every), in epoch order; refused, naming the fix, when it kept none."""
     found = []
     if m.run_id:
         try:
@@ -200,6 +200,6 @@ def training_snapshots(m: LoadedModel) -> list[tuple[int, Path]]:
         found = sorted((int(Path(e.path).stem.split("-")[1]), e.path) for e in entries if e.path.endswith(".safetensors"))
     if not found:
         raise ValueError(f"{m.uri} has no training snapshots; train it with -P snapshot_every=K (e.g. 10) to analyse its history")
-    return [(epoch, Path(mlflow.artifacts.download_artifacts(run_id=m.run_id, artifact_path=path))) for epoch, path in found]
+    return found
 
 

@@ -1,0 +1,83 @@
+"""Beyond the paper, end to end through `mlflow run`: training snapshots and the PC1 penalty in
+`train`, dominant examples and the training history in `analyze` (docs/beyond.md)."""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from analysis.nets import ModelConfig, layer_names
+from analysis.store import contract as c
+from tests.conftest import mlflow_cli
+from tests.fake_store import register_model, uri
+from tests.test_stage_analyze import run_analyze
+
+TINY = ["-P", "depth=8", "-P", "width=0.25", "-P", "epochs=2", "-P", "batch_size=50", "-P", "device=cpu"]
+
+
+def files(run_id: str, path: str) -> set[str]:
+    return {f.path.removeprefix(f"{path}/") for f in MlflowClient().list_artifacts(run_id, path)}
+
+
+@pytest.mark.slow
+def test_snapshots_penalty_history_and_dominant_examples_through_mlflow_run(store):
+    proc = mlflow_cli("-e", "train", *TINY, "-P", "snapshot_every=1", "-P", "pc1_penalty=0.5",
+                      "-P", "pc1_penalty_layers=stage2,stage3", cwd=store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    (train_run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert files(train_run.info.run_id, c.SNAPSHOT_DIR) == {f"epoch-000{e}.safetensors" for e in (0, 1, 2)}
+    assert train_run.data.params["pc1_penalty"] == "0.5" and train_run.data.params["pc1_penalty_layers"] == "stage2,stage3"
+    shares = client.get_metric_history(train_run.info.run_id, "train_pc1_share")
+    assert sorted(m.step for m in shares) == [1, 2] and all(0 < m.value <= 1 for m in shares)
+    penalty = {m.step: m.value for m in client.get_metric_history(train_run.info.run_id, "train_pc1_penalty")}
+    assert all(penalty[m.step] == pytest.approx(0.5 * m.value) for m in shares)
+
+    model = "models:/cifar10-resnet8-w0.25/1"
+    proc = mlflow_cli("-e", "analyze", "-P", f"models={model}", "-P", "analyses=dominant", "-P", "history=true",
+                      "-P", "dominant_top=5", "-P", "num_examples=60", "-P", "batch_size=20", "-P", "passes=1",
+                      "-P", "pc_iterations=2", "-P", "device=cpu", cwd=store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+              if r.data.tags.get(c.ANALYSIS_MODEL_URI) == model]
+    run_id = run.info.run_id
+    names = layer_names(ModelConfig(8, 0.25))
+
+    # Dominant examples: the overlap matrix, each layer's top 5 by test index, the block's images.
+    dominant = f"{c.CKA_DIR}/{c.DOMINANT_DIR}"
+    assert {"overlap.npy", "overlap.png", "shares.npy", "top.csv", "statistics.csv"} <= files(run_id, dominant)
+    assert any(f.endswith(".png") and f.startswith(("block-", "all-layers")) for f in files(run_id, dominant))
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=dominant)
+    overlap, shares = np.load(f"{local}/overlap.npy"), np.load(f"{local}/shares.npy")
+    assert overlap.shape == (len(names), len(names)) and np.allclose(np.diag(overlap), 1)
+    assert shares.shape == (len(names), 60) and np.allclose(shares.sum(1), 1, atol=1e-5)
+    top = pd.read_csv(f"{local}/top.csv")
+    assert len(top) == 5 * len(names) and top["test_index"].between(0, 99).all()
+    summary = json.loads(open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{c.CKA_DIR}/summary.json")).read())
+    assert summary["dominant"]["top"][names[0]] == top[top["layer"] == names[0]]["test_index"].tolist()
+    assert {"dominant_overlap_outside", "dominant_share_top5"} <= set(run.data.metrics)
+    assert "dominant_share_top5" in client.get_model_version("cifar10-resnet8-w0.25", "1").tags
+
+    # History: every snapshot analysed, metrics with step = epoch, the strip of heatmaps.
+    for key in ("history/block_largest_frac", "history/pc1_share_mean", "history/dominant_share_top5"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [0, 1, 2], key
+    assert {"heatmaps.png", "summary.json", "epoch-0000.npy", "epoch-0001.npy", "epoch-0002.npy"} == files(run_id, c.HISTORY_DIR)
+    final = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{c.HISTORY_DIR}/epoch-0002.npy")
+    # The last snapshot is the registered model: its CKA is the model's own, on the same examples.
+    cka = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{c.CKA_DIR}/cka.npy")
+    np.testing.assert_allclose(np.load(final), np.load(cka), atol=1e-6)
+    initial = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{c.HISTORY_DIR}/epoch-0000.npy")
+    assert not np.allclose(np.load(initial), np.load(cka), atol=1e-3)
+
+
+def test_history_of_a_model_trained_without_snapshots_is_refused_naming_the_fix(store, capsys):
+    model = uri(register_model(8, 0.25, 0))
+    capsys.readouterr()
+    assert run_analyze("--models", model, "--history", "true", "--layers", "blocks") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no training snapshots; train it with -P snapshot_every" in err[0]
+    (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list") if r.data.tags.get(c.KIND) == "analyze"]
+    assert run.info.status == "FAILED" and not files(run.info.run_id, c.CKA_DIR)  # refused before any analysis
