@@ -12,9 +12,12 @@ from itertools import combinations
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from .config import StudyPreset
+from .science.blocks import in_block_mask
+from .science.dominant import jaccard
 from .science.explain import cross_seed_similarity
 from .store import contract as c
 from .store.results import cross_matrix, download, model_analysis
@@ -25,6 +28,7 @@ SECTIONS = {
     "setup": "Setup", "training": "Training", "block-structure": "Block structure", "pc1": "First principal component",
     "without-pc1": "CKA without the first principal component", "probes": "Linear probes", "deletion": "Deleting blocks",
     "cross-seed": "Across seeds", "predictions": "Prediction differences",
+    "dominant": "Dominant images (beyond the paper)",
 }
 CLAIMS = {
     "block-structure": "Models large relative to their training data show a big contiguous block of layers with "
@@ -35,6 +39,9 @@ CLAIMS = {
     "deletion": "Deleting a residual block inside the block structure costs little accuracy; elsewhere it costs more.",
     "cross-seed": "Outside the block, representations are similar across seeds; the block itself differs between seeds.",
     "predictions": "Models of different architecture make systematically different errors, beyond seed-to-seed variation.",
+    "dominant": "(The paper's follow-up, arXiv 2202.07184.) A few dominant images carry the block's first principal "
+                "component: the same images top every layer of the block, far more than elsewhere, and the set differs "
+                "between seeds.",
 }
 
 
@@ -75,7 +82,9 @@ def _label(row) -> str:
 
 def cross_seed_numbers(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, Path]]]:
     """Per pair of seeds of one architecture analysed together: mean CKA between the same layer of
-    the two models, inside model A's block and outside it (from the group's cross matrices)."""
+    the two models, inside model A's block and outside it (from the group's cross matrices), and,
+    where both were analysed with dominant, the Jaccard overlap of the same layer's dominant
+    examples in the two models."""
     client = mlflow.MlflowClient()
     records, figures = [], []
     for (depth, width, fraction), group in rows.groupby(["depth", "width", "data_fraction"]):
@@ -86,8 +95,16 @@ def cross_seed_numbers(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str
             own = model_analysis(ra[c.ANALYSIS_RUN_ID])
             if cross is None or own is None:
                 continue
-            records.append({"depth": depth, "width": width, "data_fraction": fraction, "seeds": f"{ra.seed} vs {rb.seed}",
-                            **cross_seed_similarity(cross[0], own[1]["blocks"])})
+            record = {"depth": depth, "width": width, "data_fraction": fraction, "seeds": f"{ra.seed} vs {rb.seed}",
+                      **cross_seed_similarity(cross[0], own[1]["blocks"])}
+            other = model_analysis(rb[c.ANALYSIS_RUN_ID])
+            if "dominant" in own[1] and other is not None and "dominant" in other[1]:
+                layers = own[1]["layer_names"]
+                same = np.diag(jaccard(*(np.array([s["dominant"]["top"][n] for n in layers]) for s in (own[1], other[1]))))
+                mask = in_block_mask(own[1]["blocks"], len(layers))
+                record["dominant_overlap_across_seeds_in_block"] = float(same[mask].mean()) if mask.any() else np.nan
+                record["dominant_overlap_across_seeds_outside"] = float(same[~mask].mean()) if (~mask).any() else np.nan
+            records.append(record)
             figures.append((f"ResNet-{depth} w{width:g}, seeds {ra.seed} vs {rb.seed}", cross[1] / c.HEATMAP_FILE))
     return pd.DataFrame(records), figures
 
@@ -112,8 +129,9 @@ def write_report(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -
     figures.mkdir(parents=True, exist_ok=True)
     for row in rows.itertuples():
         per_model[row] = download(getattr(row, c.ANALYSIS_RUN_ID), c.CKA_DIR)
-        for png in (per_model[row].glob("*.png") if per_model[row] else []):
-            shutil.copy(png, figures / f"resnet{row.depth}-w{row.width:g}-f{row.data_fraction:g}-s{row.seed}_{png.name}")
+        for png in (per_model[row].glob("**/*.png") if per_model[row] else []):
+            name = png.relative_to(per_model[row]).as_posix().replace("/", "_")
+            shutil.copy(png, figures / f"resnet{row.depth}-w{row.width:g}-f{row.data_fraction:g}-s{row.seed}_{name}")
     cross, cross_figures = cross_seed_numbers(rows)
     t = result.timings
     pm = result.predictions
@@ -122,6 +140,11 @@ def write_report(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -
     def per_model_figures(name: str, width: int = 460) -> str:
         return "".join(f"<figure>{_img(d / name, width)}<figcaption>{html.escape(_label(r))}</figcaption></figure>"
                        for r, d in per_model.items() if d is not None and (d / name).exists())
+
+    def dominant_grids(width: int = 700) -> str:
+        return "".join(f"<figure>{_img(png, width)}<figcaption>{html.escape(_label(r))}</figcaption></figure>"
+                       for r, d in per_model.items() if d is not None
+                       for png in sorted((d / c.DOMINANT_DIR).glob("*.png")) if png.name != "overlap.png")
 
     def cols(*names: str) -> pd.DataFrame:
         return numbers[[col for col in ("depth", "width", "data_fraction", "seed", *names) if col in numbers]]
@@ -144,6 +167,11 @@ def write_report(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -
         "deletion": _table(cols("deletion_drop_in_block", "deletion_drop_outside")) + per_model_figures("deletion.png"),
         "cross-seed": (_table(cross) if not cross.empty else "<p>No pair of seeds of one architecture was analysed together.</p>")
                       + "".join(f"<figure>{_img(f, 380)}<figcaption>{html.escape(c)}</figcaption></figure>" for c, f in cross_figures),
+        "dominant": _table(numbers[[col for col in ("depth", "width", "data_fraction", "seed", "dominant_overlap_in_block",
+                                                     "dominant_overlap_outside", "dominant_share_in_block") if col in numbers]])
+                    + (_table(cross[[col for col in cross if not col.startswith("same_layer")]])
+                       if "dominant_overlap_across_seeds_outside" in cross else "")
+                    + per_model_figures(f"{c.DOMINANT_DIR}/overlap.png", 380) + dominant_grids(),
         "predictions": f"<p>Group A: {html.escape(', '.join(a))}<br>Group B: {html.escape(', '.join(b))}</p>"
                        + _table(pd.DataFrame([pm]))
                        + "".join(_img(out / "predictions" / f, 480) for f in ("per_example.png", "per_class.png", "agreement.png")),

@@ -86,8 +86,8 @@ def test_planted_dominant_examples_are_found_through_the_streaming_pc1():
     metrics = explanation_metrics(ModelReport("m", model.names, np.eye(6), [BLOCK], {}, dominant=found))
     assert metrics["dominant_overlap_in_block"] == 1.0
     assert metrics["dominant_overlap_outside"] < 0.3  # noise layers pick unrelated top-3 sets
-    assert metrics["dominant_share_top3_in_block"] > 0.9
-    assert metrics["dominant_share_top3_in_block"] > metrics["dominant_share_top3"]
+    assert metrics["dominant_share_in_block"] > 0.9
+    assert metrics["dominant_share_in_block"] > metrics["dominant_share_top3"]
 
 
 def test_without_a_block_the_whole_model_is_one_group_and_in_block_metrics_are_left_out():
@@ -96,7 +96,7 @@ def test_without_a_block_the_whole_model_is_one_group_and_in_block_metrics_are_l
     found = find_dominant(pc.scores, [], planted_images(), np.arange(N), K)
     assert [g.label for g in found.groups] == ["all layers"]
     metrics = explanation_metrics(ModelReport("m", model.names, np.eye(6), [], {}, dominant=found))
-    assert "dominant_overlap_in_block" not in metrics and "dominant_share_top3_in_block" not in metrics
+    assert "dominant_overlap_in_block" not in metrics and "dominant_share_in_block" not in metrics
     assert 0 < metrics["dominant_overlap_outside"] < 1
 
 

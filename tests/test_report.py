@@ -14,6 +14,7 @@ from analysis.config import STUDY_PRESETS
 from analysis.render import write_comparison, write_heatmap, write_matrix, write_model_report, write_predictions
 from analysis.report import SECTIONS, StudyResults, cross_seed_numbers, write_report
 from analysis.science.blocks import Block
+from analysis.science.dominant import Dominant, DominantGroup, jaccard
 from analysis.science.explain import ModelReport, explanation_metrics
 from analysis.science.predictions import compare_groups
 from analysis.store import contract as c
@@ -22,6 +23,17 @@ from tests.fake_store import register_model, uri
 
 NAMES = [f"stage1.block{i}.relu" for i in range(1, 9)]
 CROSS = np.diag([0.9, 0.9, 0.3, 0.3, 0.3, 0.3, 0.9, 0.9])
+
+
+def planted_dominant(seed: int) -> Dominant:
+    """Examples 0 and 1 dominate every layer of seed 0 (shares 0.4 and 0.3); seed 1 has the same
+    ones outside its block (layers 2-5) and examples 2 and 3 inside it."""
+    top = np.array([[2, 3] if seed == 1 and 2 <= layer <= 5 else [0, 1] for layer in range(8)])
+    shares = np.full((8, 20), 0.3 / 18)
+    np.put_along_axis(shares, top, np.array([[0.4, 0.3]] * 8), axis=1)
+    group = DominantGroup("block 2-5", top[3], np.array([0.4, 0.3]), np.zeros((2, 3, 4, 4), dtype=np.uint8))
+    stats = {"red": 0.5, "green": 0.5, "blue": 0.5, "brightness": 0.5, "contrast": 0.1}
+    return Dominant(2, np.arange(100, 120), shares, top, jaccard(top), [group], {"dominant": stats, "others": stats})
 
 
 def analysed_pair() -> list[str]:
@@ -35,7 +47,7 @@ def analysed_pair() -> list[str]:
             report = ModelReport(label, NAMES, np.eye(8), [block], {c.ANALYSIS_ACCURACY: 0.5, "block_count": 1.0,
                                  "block_largest_frac": largest, "block_mean_cka": 0.96},
                                  cka_without_pc1=np.full((8, 8), 0.2), cka_pc1_only=np.eye(8), pc1_share=np.linspace(0.1, 0.8, 8),
-                                 pc1_residual=np.zeros(8))
+                                 pc1_residual=np.zeros(8), dominant=planted_dominant(int(v.tags["seed"])))
             report.metrics.update(explanation_metrics(report))
             with mlflow.start_run(nested=True), tempfile.TemporaryDirectory() as tmp:
                 mlflow.set_tags({c.KIND: "analyze", c.ANALYSIS_MODEL_URI: uri(v), c.MODEL_NAME: v.name,
@@ -84,6 +96,8 @@ def test_every_section_shows_the_logged_numbers(store):
     assert f"{result.metrics()['cross_disagreement']:.3f}" in sections["predictions"]
     # Cross-seed: the same layer's CKA is 0.3 inside seed 0's block (layers 2-5) and 0.9 outside.
     assert "0.300" in sections["cross-seed"] and "0.900" in sections["cross-seed"]
+    assert "0.700" in sections["dominant"]  # the top 2 hold 0.4 + 0.3 of each block layer's PC1
+    assert sections["dominant"].count("<img") >= 4  # each seed's overlap heatmap and its block's images
     assert (store / "report" / c.COMPARISON_DIR / "table.csv").exists()
     assert (store / "report" / c.PREDICTIONS_DIR / "per_class.png").exists()
 
@@ -94,3 +108,6 @@ def test_cross_seed_numbers_read_the_groups_cross_matrix(store):
     assert len(table) == 1 and len(figures) == 1 and figures[0][1].exists()
     assert table.iloc[0]["same_layer_cka_in_block"] == pytest.approx(0.3)
     assert table.iloc[0]["same_layer_cka_outside"] == pytest.approx(0.9)
+    # The same layer's dominant examples: other images inside seed 0's block, the same outside.
+    assert table.iloc[0]["dominant_overlap_across_seeds_in_block"] == 0.0
+    assert table.iloc[0]["dominant_overlap_across_seeds_outside"] == 1.0

@@ -142,11 +142,12 @@ def share_metric(k: int) -> str:
 
 def dominant_metrics(found: Dominant, blocks: list[Block]) -> dict[str, float]:
     """dominant_overlap_in_block / _outside (region_overlaps), and the share of PC1 variance held by
-    each layer's top k, averaged over all layers (dominant_share_top{k}) and over block layers."""
+    each layer's top k, averaged over all layers (dominant_share_top{k}) and over the block layers
+    (dominant_share_in_block, k being the analysis's dominant_top)."""
     inside, outside = region_overlaps(found.overlap, blocks)
     top_share = np.take_along_axis(found.shares, found.top, axis=1).sum(1)
     mask = in_block_mask(blocks, len(top_share))
     out = {"dominant_overlap_in_block": inside, "dominant_overlap_outside": outside,
            share_metric(found.k): float(top_share.mean()),
-           f"{share_metric(found.k)}_in_block": float(top_share[mask].mean()) if mask.any() else float("nan")}
+           "dominant_share_in_block": float(top_share[mask].mean()) if mask.any() else float("nan")}
     return {key: value for key, value in out.items() if np.isfinite(value)}

@@ -74,6 +74,7 @@ FITS_TRAINING_SET_METRIC = "fits_training_set"
 EXPLANATION_METRICS = (
     "pc1_share_in_block", "pc1_share_outside", "block_mean_cka_without_pc1", "probe_gain_in_block",
     "deletion_drop_in_block", "deletion_drop_outside", "dominant_overlap_in_block", "dominant_overlap_outside",
+    "dominant_share_in_block",
 )  # fmt: skip
 ANALYSIS_METRICS = (*BLOCK_METRICS, ANALYSIS_ACCURACY, *EXPLANATION_METRICS)
 
