@@ -93,17 +93,24 @@ def image_grid(images: np.ndarray, captions: Sequence[str], title: str, columns:
 
 
 def heatmap_strip(matrices: Sequence[np.ndarray], captions: Sequence[str], title: str,
-                  blocks: Sequence[Sequence[tuple[int, int]]] = ()) -> Figure:
-    """Heatmaps of one model side by side (e.g. over training), on one colour scale, blocks outlined."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(2.6 * len(matrices) + 0.8, 3.2), dpi=110, squeeze=False)
-    for k, (ax, matrix) in enumerate(zip(axes[0], matrices)):
-        ax.imshow(matrix, origin="lower", cmap=CMAP, vmin=0, vmax=1, interpolation="nearest")
+                  blocks: Sequence[Sequence[tuple[int, int]]] = (), columns: int = 5) -> Figure:
+    """Heatmaps of one model in reading order, `columns` to a row (e.g. over training), on one
+    colour scale, blocks outlined."""
+    rows = -(-len(matrices) // columns)
+    width = min(columns, len(matrices))
+    fig, axes = plt.subplots(rows, width, figsize=(2.4 * width + 1.0, 2.5 * rows + 0.5), dpi=110, squeeze=False,
+                             layout="constrained")
+    for k, ax in enumerate(axes.flat):
+        if k >= len(matrices):
+            ax.axis("off")
+            continue
+        ax.imshow(matrices[k], origin="lower", cmap=CMAP, vmin=0, vmax=1, interpolation="nearest")
         for start, end in (blocks[k] if k < len(blocks) else ()):
             ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), end - start + 1, end - start + 1, fill=False, ec="cyan", lw=1))
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(captions[k], fontsize=8)
-    fig.colorbar(axes[0][0].images[0], ax=list(axes[0]), fraction=0.02, pad=0.01, label="CKA")
+    fig.colorbar(axes.flat[0].images[0], ax=axes, fraction=0.03, pad=0.02, label="CKA")
     fig.suptitle(title, fontsize=10)
     return fig
 

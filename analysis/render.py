@@ -97,7 +97,7 @@ def write_dominant(directory: Path, found: Dominant, names: Sequence[str], spans
     np.save(directory / "shares.npy", found.shares.astype(np.float32))
     write_heatmap(directory, "overlap", found.overlap, names, title=f"{label}: dominant examples shared between layers",
                   subtitle=f"Jaccard overlap of each layer's top {found.k} examples by share of PC1 variance", blocks=spans)
-    shares = np.take_along_axis(found.shares, found.top, axis=1)
+    shares = np.take_along_axis(found.shares, found.top, axis=1)  # (layers, k), largest first
     pd.DataFrame({"layer": np.repeat(list(names), found.k), "rank": np.tile(np.arange(1, found.k + 1), len(names)),
                   "test_index": ids[found.top].ravel(), "share": shares.ravel()}).to_csv(directory / "top.csv", index=False)
     pd.DataFrame(found.statistics).T.to_csv(directory / "statistics.csv", index_label="images")
@@ -112,14 +112,22 @@ def write_dominant(directory: Path, found: Dominant, names: Sequence[str], spans
 
 
 def write_history(directory: Path, history: Sequence[tuple[int, ModelReport]], label: str) -> None:
-    """heatmaps.png (one heatmap per snapshot, blocks outlined), epoch-NNNN.npy (its CKA) and summary.json
-    (each snapshot's metrics and blocks)."""
+    """heatmaps.png (one heatmap per snapshot, blocks outlined), metrics.png (the block and PC1
+    over epochs), epoch-NNNN.npy (each snapshot's CKA) and summary.json (its metrics and blocks)."""
     directory.mkdir(parents=True, exist_ok=True)
     for epoch, report in history:
         np.save(directory / f"epoch-{epoch:04d}.npy", report.cka)
     captions = [f"epoch {e}: " + (f"{r.metrics['block_largest_frac']:.0%} in a block" if r.blocks else "no block") for e, r in history]
     _save(plots.heatmap_strip([r.cka for _, r in history], captions, f"{label}: CKA over training",
                               [[(b.start, b.end) for b in r.blocks] for _, r in history]), directory / "heatmaps.png")
+    series = {"largest block (share of layers)": [r.metrics["block_largest_frac"] for _, r in history]}
+    if history[0][1].pc1_share is not None:
+        series["PC1 share of variance, mean over layers"] = [float(np.mean(r.pc1_share)) for _, r in history]
+    if history[0][1].dominant is not None:
+        k = history[0][1].dominant.k
+        series[f"share of PC1 held by each layer's top {k} examples"] = [float(r.dominant.top_share.mean()) for _, r in history]
+    _save(plots.curves([f"epoch {e}" for e, _ in history], series, [False] * len(history), "share",
+                       f"{label}: block structure and PC1 over training"), directory / "metrics.png")
     write_json(directory / c.SUMMARY_FILE, {"label": label, "snapshots": [
         {"epoch": e, "metrics": r.metrics, "blocks": [b.as_dict() for b in r.blocks],
          **({"pc1_share": r.pc1_share.tolist()} if r.pc1_share is not None else {})} for e, r in history]})

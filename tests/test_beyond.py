@@ -64,7 +64,7 @@ def test_snapshots_penalty_history_and_dominant_examples_through_mlflow_run(stor
     # History: every snapshot analysed, metrics with step = epoch, the strip of heatmaps.
     for key in ("history/block_largest_frac", "history/pc1_share_mean", "history/dominant_share_top5"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [0, 1, 2], key
-    assert {"heatmaps.png", "summary.json", "epoch-0000.npy", "epoch-0001.npy", "epoch-0002.npy"} == files(run_id, c.HISTORY_DIR)
+    assert {"heatmaps.png", "metrics.png", "summary.json", "epoch-0000.npy", "epoch-0001.npy", "epoch-0002.npy"} == files(run_id, c.HISTORY_DIR)
     final = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{c.HISTORY_DIR}/epoch-0002.npy")
     # The last snapshot is the registered model: its CKA is the model's own, on the same examples.
     cka = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{c.CKA_DIR}/cka.npy")
@@ -81,3 +81,47 @@ def test_history_of_a_model_trained_without_snapshots_is_refused_naming_the_fix(
     assert len(err) == 1 and "has no training snapshots; train it with -P snapshot_every" in err[0]
     (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list") if r.data.tags.get(c.KIND) == "analyze"]
     assert run.info.status == "FAILED" and not files(run.info.run_id, c.CKA_DIR)  # refused before any analysis
+
+
+def planted_block_snapshots(run_id: str, folder) -> None:
+    """Snapshots of a ResNet-32 (width 0.25) logged to its training run: epoch 0 as registered,
+    epoch 1 with every residual branch of stage 2 silenced (its BN scales zeroed), so that block
+    outputs 1 to 5 of stage 2 are one and the same representation: a planted block of 5 of the
+    15 block outputs."""
+    from safetensors.torch import save_file
+
+    from analysis.store.model_files import load_model
+
+    model = load_model("models:/cifar10-resnet32-w0.25/1").model
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "epoch-0000.safetensors"))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for block in range(1, 6):
+        state[f"stage2.block{block}.bn2.weight"].zero_()
+        state[f"stage2.block{block}.bn2.bias"].zero_()
+    save_file(state, str(folder / "epoch-0001.safetensors"))
+    MlflowClient().log_artifacts(run_id, str(folder), c.SNAPSHOT_DIR)
+
+
+def test_history_finds_a_block_planted_in_one_snapshot(store, tmp_path):
+    version = register_model(32, 0.25, 0, train_accuracy="0.95")
+    planted_block_snapshots(version.run_id, tmp_path / "snapshots")
+    assert run_analyze("--models", uri(version), "--history", "true", "--layers", "blocks") == 0
+    (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+              if r.data.tags.get(c.ANALYSIS_MODEL_URI) == uri(version)]
+    client = MlflowClient()
+    largest = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "history/block_largest_frac")}
+    assert sorted(largest) == [0, 1]
+    # Epoch 0 is the registered model itself: its history entry repeats its own analysis.
+    assert largest[0] == run.data.metrics["block_largest_frac"]
+
+    def snapshot_cka(epoch: int) -> np.ndarray:
+        return np.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"{c.HISTORY_DIR}/epoch-000{epoch}.npy"))
+
+    planted = slice(5, 10)  # stage2.block1..5 among the 15 block outputs
+    assert np.allclose(snapshot_cka(1)[planted, planted], 1.0, atol=1e-6)
+    assert not np.allclose(snapshot_cka(0)[planted, planted], 1.0, atol=1e-3)
+    summary = json.loads(open(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=f"{c.HISTORY_DIR}/summary.json")).read())
+    blocks = summary["snapshots"][1]["blocks"]  # the planted layers lie inside one detected block
+    assert any(b["start"] <= 5 and b["end"] >= 9 for b in blocks)

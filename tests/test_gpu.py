@@ -30,9 +30,12 @@ def entry(module, *argv: str) -> int:
 def test_every_entry_point_runs_once_on_the_device(store):
     optuna_db = f"sqlite:///{store / 'optuna.db'}"
     assert entry(sweep, "--depths", "8", "--widths", "0.25,0.5", "--seeds", "0,1", "--storage", optuna_db, *TINY) == 0
-    assert entry(train, "--depth", "8", "--width", "0.25", "--seed", "2", *TINY) == 0
+    assert entry(train, "--depth", "8", "--width", "0.25", "--seed", "2", "--snapshot_every", "1", "--pc1_penalty", "0.5",
+                 *TINY) == 0
     assert entry(analyze, "--search", "tags.depth='8'", "--num_examples", "60", "--batch_size", "20", "--passes", "1",
-                 "--analyses", "cka,pc,probes,deletion", "--probe_examples", "100", "--device", DEVICE) == 0
+                 "--analyses", "cka,pc,probes,deletion,dominant", "--probe_examples", "100", "--device", DEVICE) == 0
+    assert entry(analyze, "--models", "models:/cifar10-resnet8-w0.25@newest", "--history", "true", "--analyses", "dominant",
+                 "--num_examples", "60", "--batch_size", "20", "--passes", "1", "--device", DEVICE) == 0
     assert entry(compare) == 0
     assert entry(predictions, "--group_a", "name='cifar10-resnet8-w0.25'", "--group_b", "name='cifar10-resnet8-w0.5'",
                  "--permutations", "99", "--device", DEVICE) == 0
@@ -40,6 +43,7 @@ def test_every_entry_point_runs_once_on_the_device(store):
     for kind in ("sweep", "train", "analyze", "compare", "predictions", "study"):
         assert runs_of(kind, "FINISHED"), f"no finished {kind} run"
     trained = runs_of("train", "FINISHED")
+    assert any("train_pc1_share" in r.data.metrics for r in trained)  # the penalty's differentiable eigenvalue on the device
     assert {r.data.params["device"] for r in trained} == {DEVICE}
     if peak_flops(torch.device(DEVICE)):  # model FLOP utilisation on GPUs of known peak
         assert all(0 < r.data.metrics["mfu"] < 1 for r in trained)

@@ -25,7 +25,7 @@ import torch
 from .blocks import Block, in_block_mask
 
 __all__ = ["Dominant", "DominantGroup", "find_dominant", "example_shares", "top_examples", "jaccard", "region_overlaps",
-           "image_statistics", "dominant_metrics", "share_metric"]
+           "image_statistics", "dominant_metrics"]
 
 
 @dataclasses.dataclass
@@ -49,6 +49,11 @@ class Dominant:
     overlap: np.ndarray  # (layers, layers): Jaccard overlap of the layers' top-k sets
     groups: list[DominantGroup]  # one per block, or one for the whole model
     statistics: dict[str, dict[str, float]]  # "dominant" / "others" -> image statistic -> mean
+
+    @property
+    def top_share(self) -> np.ndarray:
+        """(layers,): the share of each layer's PC1 variance that its top k examples hold."""
+        return np.take_along_axis(self.shares, self.top, axis=1).sum(1)
 
 
 def example_shares(scores: np.ndarray) -> np.ndarray:
@@ -136,18 +141,14 @@ def find_dominant(scores: np.ndarray, blocks: list[Block], images: torch.Tensor,
     return Dominant(k, np.asarray(example_ids), shares, top, jaccard(top), groups, statistics)
 
 
-def share_metric(k: int) -> str:
-    return f"dominant_share_top{k}"
-
-
 def dominant_metrics(found: Dominant, blocks: list[Block]) -> dict[str, float]:
     """dominant_overlap_in_block / _outside (region_overlaps), and the share of PC1 variance held by
     each layer's top k, averaged over all layers (dominant_share_top{k}) and over the block layers
     (dominant_share_in_block, k being the analysis's dominant_top)."""
     inside, outside = region_overlaps(found.overlap, blocks)
-    top_share = np.take_along_axis(found.shares, found.top, axis=1).sum(1)
+    top_share = found.top_share
     mask = in_block_mask(blocks, len(top_share))
     out = {"dominant_overlap_in_block": inside, "dominant_overlap_outside": outside,
-           share_metric(found.k): float(top_share.mean()),
+           f"dominant_share_top{found.k}": float(top_share.mean()),
            "dominant_share_in_block": float(top_share[mask].mean()) if mask.any() else float("nan")}
     return {key: value for key, value in out.items() if np.isfinite(value)}
