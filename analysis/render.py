@@ -28,8 +28,9 @@ def write_matrix(directory: Path, stem: str, matrix: np.ndarray, names_y: Sequen
 
 
 def write_heatmap(directory: Path, stem: str, matrix: np.ndarray, names_y: Sequence[str], names_x: Sequence[str] | None = None,
-                  title: str = "", subtitle: str = "", blocks: Sequence[tuple[int, int]] = ()) -> None:
-    _save(plots.heatmap(matrix, names_y, names_x, title=title, subtitle=subtitle, blocks=blocks), directory / f"{stem}.png")
+                  title: str = "", subtitle: str = "", blocks: Sequence[tuple[int, int]] = (), bar_label: str = "CKA") -> None:
+    _save(plots.heatmap(matrix, names_y, names_x, title=title, subtitle=subtitle, blocks=blocks, bar_label=bar_label),
+          directory / f"{stem}.png")
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -96,7 +97,8 @@ def write_dominant(directory: Path, found: Dominant, names: Sequence[str], spans
     np.save(directory / "overlap.npy", found.overlap)
     np.save(directory / "shares.npy", found.shares.astype(np.float32))
     write_heatmap(directory, "overlap", found.overlap, names, title=f"{label}: dominant examples shared between layers",
-                  subtitle=f"Jaccard overlap of each layer's top {found.k} examples by share of PC1 variance", blocks=spans)
+                  subtitle=f"Jaccard overlap of each layer's top {found.k} examples by share of PC1 variance", blocks=spans,
+                  bar_label=f"overlap of the top {found.k}")
     shares = np.take_along_axis(found.shares, found.top, axis=1)  # (layers, k), largest first
     pd.DataFrame({"layer": np.repeat(list(names), found.k), "rank": np.tile(np.arange(1, found.k + 1), len(names)),
                   "test_index": ids[found.top].ravel(), "share": shares.ravel()}).to_csv(directory / "top.csv", index=False)

@@ -108,6 +108,7 @@ def test_image_statistics_of_known_images():
     assert stats["red"] == pytest.approx(0.75) and stats["green"] == pytest.approx(0.25)
     assert stats["brightness"] == pytest.approx((0.299 + 0.5) / 2)
     assert stats["contrast"] == pytest.approx(np.std([1, 1, 0, 0], ddof=1) / 2)
+    assert stats["saturation"] == pytest.approx(0.5)  # pure red 1, white and black 0
 
 
 def test_a_top_k_as_large_as_the_example_count_is_refused():

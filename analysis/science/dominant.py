@@ -107,13 +107,17 @@ def region_overlaps(overlap: np.ndarray, blocks: list[Block]) -> tuple[float, fl
 
 
 def image_statistics(images: torch.Tensor) -> dict[str, float]:
-    """Mean colour (red, green, blue), brightness (mean luminance) and contrast (per-image standard
-    deviation of luminance) of uint8 images (N, 3, H, W), all in [0, 1], averaged over the images."""
+    """Mean colour (red, green, blue), brightness (mean luminance), contrast (per-image standard
+    deviation of luminance) and saturation (HSV's (max - min) / max per pixel) of uint8 images
+    (N, 3, H, W), all in [0, 1], averaged over the images."""
     x = images.double() / 255
     luminance = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]  # ITU-R BT.601
     means = x.mean((2, 3)).mean(0)
+    top, bottom = x.amax(1), x.amin(1)
+    saturation = torch.where(top > 0, (top - bottom) / top.clamp_min(1e-12), torch.zeros_like(top))
     return {"red": float(means[0]), "green": float(means[1]), "blue": float(means[2]),
-            "brightness": float(luminance.mean()), "contrast": float(luminance.flatten(1).std(1).mean())}
+            "brightness": float(luminance.mean()), "contrast": float(luminance.flatten(1).std(1).mean()),
+            "saturation": float(saturation.mean())}
 
 
 def find_dominant(scores: np.ndarray, blocks: list[Block], images: torch.Tensor, example_ids: np.ndarray,
