@@ -141,10 +141,21 @@ def write_report(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -
         return "".join(f"<figure>{_img(d / name, width)}<figcaption>{html.escape(_label(r))}</figcaption></figure>"
                        for r, d in per_model.items() if d is not None and (d / name).exists())
 
+    def dominant_statistics() -> pd.DataFrame:
+        records = []
+        for r, d in per_model.items():
+            summary = json.loads((d / c.SUMMARY_FILE).read_text()) if d is not None and (d / c.SUMMARY_FILE).exists() else {}
+            for images, stats in summary.get("dominant", {}).get("statistics", {}).items():
+                records.append({"depth": r.depth, "width": r.width, "data_fraction": r.data_fraction, "seed": r.seed,
+                                "images": images, **stats})
+        return pd.DataFrame(records)
+
     def dominant_grids(width: int = 700) -> str:
         return "".join(f"<figure>{_img(png, width)}<figcaption>{html.escape(_label(r))}</figcaption></figure>"
                        for r, d in per_model.items() if d is not None
                        for png in sorted((d / c.DOMINANT_DIR).glob("*.png")) if png.name != "overlap.png")
+
+    dominant_stats = dominant_statistics()
 
     def cols(*names: str) -> pd.DataFrame:
         return numbers[[col for col in ("depth", "width", "data_fraction", "seed", *names) if col in numbers]]
@@ -171,6 +182,7 @@ def write_report(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -
                                                      "dominant_overlap_outside", "dominant_share_in_block") if col in numbers]])
                     + (_table(cross[[col for col in cross if not col.startswith("same_layer")]])
                        if "dominant_overlap_across_seeds_outside" in cross else "")
+                    + (_table(dominant_stats) if not dominant_stats.empty else "")
                     + per_model_figures(f"{c.DOMINANT_DIR}/overlap.png", 380) + dominant_grids(),
         "predictions": f"<p>Group A: {html.escape(', '.join(a))}<br>Group B: {html.escape(', '.join(b))}</p>"
                        + _table(pd.DataFrame([pm]))

@@ -97,6 +97,7 @@ def test_every_section_shows_the_logged_numbers(store):
     # Cross-seed: the same layer's CKA is 0.3 inside seed 0's block (layers 2-5) and 0.9 outside.
     assert "0.300" in sections["cross-seed"] and "0.900" in sections["cross-seed"]
     assert "0.700" in sections["dominant"]  # the top 2 hold 0.4 + 0.3 of each block layer's PC1
+    assert "<td>dominant</td>" in sections["dominant"] and "<td>others</td>" in sections["dominant"]  # image statistics
     assert sections["dominant"].count("<img") >= 4  # each seed's overlap heatmap and its block's images
     assert (store / "report" / c.COMPARISON_DIR / "table.csv").exists()
     assert (store / "report" / c.PREDICTIONS_DIR / "per_class.png").exists()
