@@ -8,6 +8,7 @@ accumulates X^T (X V), which costs O(N d block). Share of variance = lambda_1 / 
 the same pass; the top Ritz value converges as (lambda_{block+1} / lambda_1)^iterations, so it is
 exact to float precision where PC1 dominates (the block structure) and slightly low where the
 spectrum is flat, where the share is small anyway. `pc_share_residual` reports convergence.
+The last pass also yields every example's PC1 score (dominant.py ranks the examples on them).
 
 Removing PC1 from centred activations X (unit direction v) gives X' = X - (Xv) v^T, whose Gram is
 X X^T - q q^T with q = Xv. So the CKA passes need only q per layer and batch beside the Gram:
