@@ -1,5 +1,6 @@
 """`train` end to end through the mlflow CLI, and its bad-input handling on a real SQLite store."""
 
+import json
 import shutil
 
 import mlflow
@@ -151,6 +152,8 @@ def test_the_run_records_its_training_subset_and_the_version_is_a_servable_model
     ((entry,), ) = [run.inputs.dataset_inputs]
     assert entry.dataset.name == "cifar10-f0.5" and entry.dataset.digest == version.tags["subset_hash"]
     assert str(tiny_data.resolve()) in entry.dataset.source and [t.value for t in entry.tags] == ["training"]
+    profile = json.loads(entry.dataset.profile)  # the subset's shape: 150 of the 300 images
+    assert profile["features_shape"] == [150, 3, 32, 32] and profile["targets_shape"] == [150]
     info = mlflow.models.get_model_info("models:/cifar10-resnet8-w0.25/1")
     logged = mlflow.get_logged_model(info.model_id)
     assert logged.source_run_id == run.info.run_id
