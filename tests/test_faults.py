@@ -122,7 +122,7 @@ def test_analyze_killed_mid_way_leaves_no_complete_looking_run_and_a_rerun_compl
     v = register_model(8, 0.25)
     uri = os.environ["MLFLOW_TRACKING_URI"]
     argv = ["-m", "entrypoints.analyze", "--models", f"models:/{v.name}/{v.version}", "--num_examples", "100",
-            "--batch_size", "20", "--passes", "50", "--device", "cpu", "--analyses", "cka,pc"]
+            "--batch_size", "20", "--passes", "1000", "--device", "cpu", "--analyses", "cka,pc"]
     victim = spawn(argv, uri)
     deadline = time.time() + 120
     while not [r for r in runs(uri) if r.data.tags.get(c.KIND) == "analyze"]:
@@ -131,7 +131,7 @@ def test_analyze_killed_mid_way_leaves_no_complete_looking_run_and_a_rerun_compl
     time.sleep(1.5)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    finish(spawn(argv[:8] + ["--passes", "2"] + argv[10:], uri))
+    finish(spawn(argv[:8] + ["--passes", "2"] + argv[10:], uri))  # the victim was still in its 1,000 passes
     analyses = [r for r in runs(uri) if r.data.tags.get(c.KIND) == "analyze"]
     # The killed stage run; the rerun's stage run and its per-model child (the killed run died
     # before its child logged anything: the model is analysed before the child opens).
