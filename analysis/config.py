@@ -62,9 +62,11 @@ class TrainConfig:
     snapshot_every: int = 0  # > 0: keep the weights every this many epochs (and at 0 and the end) for analyze history
     pc1_penalty: float = 0.0  # > 0: add this times the PC1 share of the penalised layers' batch activations to the loss
     pc1_penalty_layers: str = "all"  # residual block outputs penalised: all, or names / prefixes such as stage3
+    arch: str = "resnet"  # "resnet": the CIFAR family (depth 6n+2); "resnet50": the ImageNet family (depth 50+3k)
+    image_size: int = 0  # > 0: images resized to image_size x image_size (0: as stored)
 
     def __post_init__(self) -> None:
-        ModelConfig(depth=self.depth, width=self.width)  # validates depth and width
+        ModelConfig(depth=self.depth, width=self.width, arch=self.arch)  # validates depth, width and arch
         _check(self, [
             (0 < self.data_fraction <= 1, "data_fraction", "in (0, 1], e.g. 0.5 or 0.25"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
@@ -79,21 +81,27 @@ class TrainConfig:
             (0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)"),
             (self.snapshot_every >= 0, "snapshot_every", "an integer >= 0 (0: no snapshots)"),
             (self.pc1_penalty >= 0, "pc1_penalty", "a float >= 0 (0: no penalty)"),
+            (self.image_size == 0 or self.image_size >= 8, "image_size", "0 (as stored) or an integer >= 8"),
         ])  # fmt: skip
         if self.pc1_penalty > 0:
-            penalised_layers(ModelConfig(depth=self.depth, width=self.width), self.pc1_penalty_layers)
+            penalised_layers(ModelConfig(depth=self.depth, width=self.width, arch=self.arch), self.pc1_penalty_layers)
 
     def model_config(self, num_classes: int) -> ModelConfig:
-        return ModelConfig(depth=self.depth, width=self.width, num_classes=num_classes)
+        return ModelConfig(depth=self.depth, width=self.width, num_classes=num_classes, arch=self.arch)
 
     def fingerprint(self, *extra: str) -> str:
         """A hash of everything that determines the trained weights (device settings excluded)."""
         fields = dataclasses.asdict(self)
         for k in ("device", "eval_batch_size", "eval_every", "channels_last", "compile", "snapshot_every"):
             fields.pop(k)
-        if not self.pc1_penalty:  # so that models trained before the penalty existed keep their identity
+        # Settings at the values they had before they existed leave the hash alone, so that models
+        # trained before keep their identity (sweeps skip them, checkpoints resume).
+        if not self.pc1_penalty:
             fields.pop("pc1_penalty")
             fields.pop("pc1_penalty_layers")
+        for key, before in (("arch", "resnet"), ("image_size", 0)):
+            if fields[key] == before:
+                fields.pop(key)
         return hashlib.sha256(json.dumps([fields, *extra], sort_keys=True).encode()).hexdigest()[:20]
 
 

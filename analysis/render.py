@@ -67,12 +67,11 @@ def write_model_report(directory: Path, report: ModelReport, train_accuracy: str
         summary["pc1_share"] = dict(zip(names, report.pc1_share.tolist()))
         summary["pc1_residual_max"] = float(np.max(report.pc1_residual))
     if report.probe_accuracy:
-        outputs = [n for n in report.probe_names if n.endswith(".relu")]
+        outputs = report.probe_names[1::2]  # probe_layers: each block's BN before the add, then its output
         series = {}
         for train_set, acc in report.probe_accuracy.items():
-            by_layer = dict(zip(report.probe_names, acc))
-            series[f"block output ({train_set} train)"] = [by_layer[o] for o in outputs]
-            series[f"BN before add ({train_set} train)"] = [by_layer[o.replace(".relu", ".bn2")] for o in outputs]
+            series[f"block output ({train_set} train)"] = list(acc[1::2])
+            series[f"BN before add ({train_set} train)"] = list(acc[0::2])
         _save(plots.curves([o.removesuffix(".relu") for o in outputs], series, layers_in_blocks(report.blocks, names, outputs),
                            "test accuracy", f"{label}: linear probes (pool {summary.get('probe_pool', 2)}x)",
                            hline=(accuracy, "model")), directory / "probes.png")

@@ -78,3 +78,58 @@ def test_layer_names_are_in_forward_order_and_reachable():
 def test_bad_configs_are_named(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         ModelConfig(**kwargs)
+
+
+def torchvision_to_ours(state: dict) -> dict:
+    """torchvision resnet50 state-dict keys -> this project's names (conv1 -> stem.conv,
+    layer3.0.downsample.0 -> stage3.block1.shortcut.conv, fc -> logits)."""
+    out = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head in ("conv1", "bn1"):
+            key = f"stem.{head[:-1]}.{rest}"
+        elif head.startswith("layer"):
+            block, _, rest = rest.partition(".")
+            rest = rest.replace("downsample.0", "shortcut.conv").replace("downsample.1", "shortcut.bn")
+            key = f"stage{head[5:]}.block{int(block) + 1}.{rest}"
+        elif head == "fc":
+            key = f"logits.{rest}"
+        out[key] = value
+    return out
+
+
+def test_resnet50_is_torchvisions_resnet50_layer_for_layer():
+    import torchvision
+
+    reference = torchvision.models.resnet50().eval()
+    ours = build_model(ModelConfig(50, 1.0, 1000, arch="resnet50")).eval()
+    ours.load_state_dict(torchvision_to_ours(reference.state_dict()), strict=True)  # every tensor, every shape
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+
+
+def test_resnet50_family_scales_stage_3_and_each_layer_fires_once():
+    from analysis.nets import tapped
+
+    config = ModelConfig(56, 2.0, 10, arch="resnet50")
+    assert config.stage_blocks == (3, 4, 8, 3)
+    model = build_model(config).eval()
+    assert model.stage3.block2.conv1.out_channels == 512 and model.stage2.block2.conv1.out_channels == 128
+    assert model.stage3.block8.conv3.out_channels == 2048 and model.stage4.block1.conv1.in_channels == 2048
+    names = layer_names(config)
+    assert len(names) == 4 + sum(config.stage_blocks) * 10 + 4 * 2 + 2  # stem, blocks, projections, pool + logits
+    fired: dict[int, int] = {}
+    with tapped(model, names, lambda i, out: fired.__setitem__(i, fired.get(i, 0) + 1)), torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    assert fired == dict.fromkeys(range(len(names)), 1)  # torchvision's shared ReLU would fire 3 times
+    assert residual_blocks(config, identity_only=True)[0] == "stage1.block2"  # every stage's first block projects
+    assert layer_names(config, "blocks")[-1] == "stage4.block3.relu"
+
+
+def test_old_configs_without_an_arch_load_as_the_cifar_family():
+    assert ModelConfig.from_dict({"depth": 20, "width": 1, "num_classes": 10}) == ModelConfig(20, 1.0, 10, "resnet")
+    with pytest.raises(ValueError, match="depth=52 is not 50\\+3k"):
+        ModelConfig(52, 1.0, 10, arch="resnet50")
+    with pytest.raises(ValueError, match="arch='vgg' is unknown"):
+        ModelConfig(20, 1.0, 10, arch="vgg")

@@ -161,3 +161,24 @@ def test_the_run_records_its_training_subset_and_the_version_is_a_servable_model
     metrics = {m.key: m.value for m in logged.metrics}
     assert metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
     assert info.signature.inputs.inputs[0].shape == (-1, 3, 32, 32)
+
+
+@pytest.mark.slow
+def test_a_resnet50_family_model_trains_at_its_image_size_registers_and_is_analysed(store):
+    from tests.test_stage_analyze import run_analyze
+
+    assert run_train("--arch", "resnet50", "--depth", "53", "--width", "0.25", "--image_size", "40") == 0
+    version = MlflowClient().get_model_version("cifar10-resnet50-d53-w0.25", "1")
+    assert version.tags["arch"] == "resnet50" and version.tags["image_size"] == "40"
+    loaded = registry.load_model("models:/cifar10-resnet50-d53-w0.25/1")
+    assert loaded.config.stage_blocks == (3, 4, 7, 3) and loaded.model.stage3.block1.conv1.out_channels == 64
+    assert mlflow.models.get_model_info("models:/cifar10-resnet50-d53-w0.25/1").signature.inputs.inputs[0].shape == (-1, 3, 40, 40)
+    # analyze reads the images at the size the model was trained at
+    assert run_analyze("--models", "models:/cifar10-resnet50-d53-w0.25/1", "--layers", "blocks", "--analyses", "cka,probes,deletion",
+                       "--probe_examples", "100") == 0
+    (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+              if r.data.tags.get(c.ANALYSIS_MODEL_URI) == "models:/cifar10-resnet50-d53-w0.25/1"]
+    summary = json.loads(open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="cka/summary.json")).read())
+    assert len(summary["layer_names"]) == 17  # 3 + 4 + 7 + 3 block outputs
+    assert len(summary["probe_accuracy"]["subset"]) == 34 and "stage3.block2.bn3" in summary["probe_accuracy"]["subset"]
+    assert len(summary["deletion_accuracy"]) == 17 - 4  # every block but each stage's first (a projection)

@@ -60,16 +60,22 @@ def check_data_dir(data_dir: str | os.PathLike | None) -> None:
                                 f"folders, or torchvision's files), or leave data_dir and {DATA_DIR_ENV} empty to download")
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
-    """Read a dataset as uint8 tensors on the CPU, through the decode cache."""
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, image_size: int = 0) -> ImageData:
+    """Read a dataset as uint8 tensors on the CPU, through the decode cache; with `image_size`,
+    every image resized to image_size x image_size (bilinear, antialiased)."""
     if name not in DATASETS:
         raise ValueError(f"dataset={name!r} is unknown; use one of {', '.join(DATASETS)}")
     check_data_dir(data_dir)
     named = bool(data_dir or os.environ.get(DATA_DIR_ENV))
     root = Path(data_dir) if data_dir else default_data_dir()
     if name == "imagefolder" or is_image_folder(root):
-        return _load_image_folder(name, root)
-    return _load_torchvision(name, root, download=not named)
+        data = _load_image_folder(name, root)
+    else:
+        data = _load_torchvision(name, root, download=not named)
+    if image_size and tuple(data.train_x.shape[2:]) != (image_size, image_size):
+        size = torch.Size((image_size, image_size))
+        data = dataclasses.replace(data, train_x=_resize_all(data.train_x, size), test_x=_resize_all(data.test_x, size))
+    return data
 
 
 def is_image_folder(root: Path) -> bool:
@@ -165,8 +171,16 @@ def _stack(images: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _resize(image: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    out = F.interpolate(image[None].float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    return out[0].round().clamp(0, 255).to(torch.uint8)
+    return _resize_all(image[None], size)[0]
+
+
+def _resize_all(images: torch.Tensor, size: torch.Size, chunk: int = 1000) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> uint8 (N, 3, *size), a chunk of images at a time."""
+    out = torch.empty(len(images), images.shape[1], *size, dtype=torch.uint8)
+    for s in range(0, len(images), chunk):
+        resized = F.interpolate(images[s : s + chunk].float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+        out[s : s + chunk] = resized.round().clamp(0, 255).to(torch.uint8)
+    return out
 
 
 def _load_torchvision(name: str, root: Path, download: bool) -> ImageData:

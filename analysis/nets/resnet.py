@@ -1,4 +1,5 @@
-"""The CIFAR ResNet v1 family of Nguyen, Raghu & Kornblith (2021), built from a small config.
+"""The CIFAR ResNet v1 family of Nguyen, Raghu & Kornblith (2021), built from a small config, and
+the config of every family (arch "resnet": this one; "resnet50": the ImageNet family, bottleneck.py).
 
 depth = 6n + 2: a 3x3 stem conv, three stages of n basic blocks (16k, 32k, 64k channels at
 32x32, 16x16, 8x8 for width multiplier k), global average pool, linear head. The first block of
@@ -27,6 +28,8 @@ import torch
 from torch import nn
 
 STAGE_CHANNELS = (16, 32, 64)
+ARCHS = ("resnet", "resnet50")
+BOTTLENECK_INNER = (64, 128, 256, 512)  # resnet50's inner widths per stage; outputs are 4x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,41 +39,62 @@ class ModelConfig:
     depth: int = 20
     width: float = 1.0
     num_classes: int = 10
+    arch: str = "resnet"  # "resnet": CIFAR, depth 6n+2, width on every stage; "resnet50": depth 50+3k, width on stage 3
 
     def __post_init__(self) -> None:
-        if not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch={self.arch!r} is unknown; use one of {', '.join(ARCHS)}")
+        if self.arch == "resnet" and (not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6):
             raise ValueError(
                 f"depth={self.depth!r} is not 6n+2 with n >= 1; use one of 8, 14, 20, 26, 32, 38, 44, 56, 110, 164"
             )
+        if self.arch == "resnet50" and (not isinstance(self.depth, int) or self.depth < 50 or (self.depth - 50) % 3):
+            raise ValueError(f"depth={self.depth!r} is not 50+3k with k >= 0 (stage 3 of the ResNet-50 family holds 6+k "
+                             "bottleneck blocks); use one of 50, 53, 56, 62, 74, 101")
         if not 0 < self.width < 1e4:  # also refuses inf and nan
             raise ValueError(f"width={self.width!r} must be a positive multiplier below 10,000, such as 1, 2 or 0.5")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"num_classes={self.num_classes!r} must be an integer >= 2")
 
     @property
-    def blocks_per_stage(self) -> int:
-        return (self.depth - 2) // 6
+    def stage_blocks(self) -> tuple[int, ...]:
+        """Residual blocks per stage."""
+        if self.arch == "resnet50":
+            return (3, 4, 6 + (self.depth - 50) // 3, 3)
+        return ((self.depth - 2) // 6,) * 3
 
     def channels(self, stage: int) -> int:
-        """Channels of stage 1, 2 or 3 (the stem has stage 1's). At least one channel."""
+        """resnet: channels of stage 1, 2 or 3 (the stem has stage 1's); resnet50: the inner width of
+        stage 1 to 4's bottlenecks (width scales stage 3's). At least one channel."""
+        if self.arch == "resnet50":
+            return max(1, round(BOTTLENECK_INNER[stage - 1] * (self.width if stage == 3 else 1)))
         return max(1, round(STAGE_CHANNELS[stage - 1] * self.width))
+
+    def has_projection(self, stage: int, block: int) -> bool:
+        """Whether a block's shortcut is a 1x1 projection (its shape changes), not the identity."""
+        return block == 1 and (stage > 1 or self.arch == "resnet50")
+
+    @property
+    def pre_add_bn(self) -> str:
+        """The residual branch's last BN in a block, the one before the add."""
+        return "bn3" if self.arch == "resnet50" else "bn2"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        return cls(depth=int(d["depth"]), width=float(d["width"]), num_classes=int(d["num_classes"]))
+        return cls(depth=int(d["depth"]), width=float(d["width"]), num_classes=int(d["num_classes"]),
+                   arch=str(d.get("arch", "resnet")))  # configs written before resnet50 existed have no arch
 
 
-def has_projection(stage: int, block: int) -> bool:
-    return stage > 1 and block == 1
-
-
-def block_layer_names(stage: int, block: int) -> list[str]:
+def block_layer_names(config: ModelConfig, stage: int, block: int) -> list[str]:
     prefix = f"stage{stage}.block{block}"
-    names = ["conv1", "bn1", "relu1", "conv2", "bn2"]
-    if has_projection(stage, block):
+    if config.arch == "resnet50":
+        names = ["conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "conv3", "bn3"]
+    else:
+        names = ["conv1", "bn1", "relu1", "conv2", "bn2"]
+    if config.has_projection(stage, block):
         names += ["shortcut.conv", "shortcut.bn"]
     names += ["add", "relu"]
     return [f"{prefix}.{n}" for n in names]
@@ -79,27 +103,27 @@ def block_layer_names(stage: int, block: int) -> list[str]:
 def residual_blocks(config: ModelConfig, identity_only: bool = False) -> list[str]:
     """Names of the residual blocks in forward order, e.g. 'stage2.block3'; with
     `identity_only`, only those whose shortcut is the identity (the ones that can be deleted)."""
-    n = config.blocks_per_stage
     return [
-        f"stage{s}.block{b}" for s in (1, 2, 3) for b in range(1, n + 1) if not (identity_only and has_projection(s, b))
+        f"stage{s}.block{b}" for s, count in enumerate(config.stage_blocks, start=1) for b in range(1, count + 1)
+        if not (identity_only and config.has_projection(s, b))
     ]
 
 
 def layer_names(config: ModelConfig, which: Literal["all", "blocks"] = "all") -> list[str]:
     """The layers the paper compares, in forward order.
 
-    "all": every conv, BN, ReLU, residual add, the pooled features and the logits (9 + 21n).
-    "blocks": the output (final ReLU) of each residual block (3n).
+    "all": every conv, BN, ReLU, residual add (and resnet50's stem max-pool), the pooled features
+    and the logits (9 + 21n for the CIFAR family).
+    "blocks": the output (final ReLU) of each residual block (3n for the CIFAR family).
     """
     if which == "blocks":
         return [f"{b}.relu" for b in residual_blocks(config)]
     if which != "all":
         raise ValueError(f"layers={which!r} is not one of 'all', 'blocks'")
-    names = ["stem.conv", "stem.bn", "stem.relu"]
-    n = config.blocks_per_stage
-    for stage in (1, 2, 3):
-        for block in range(1, n + 1):
-            names += block_layer_names(stage, block)
+    names = ["stem.conv", "stem.bn", "stem.relu"] + (["stem.pool"] if config.arch == "resnet50" else [])
+    for stage, count in enumerate(config.stage_blocks, start=1):
+        for block in range(1, count + 1):
+            names += block_layer_names(config, stage, block)
     return names + ["pool", "logits"]
 
 
@@ -172,9 +196,9 @@ class ResNet(nn.Module):
         for stage in (1, 2, 3):
             c_out = config.channels(stage)
             blocks = OrderedDict()
-            for block in range(1, config.blocks_per_stage + 1):
-                stride = 2 if has_projection(stage, block) else 1
-                blocks[f"block{block}"] = BasicBlock(c_in, c_out, stride, has_projection(stage, block))
+            for block in range(1, config.stage_blocks[stage - 1] + 1):
+                stride = 2 if config.has_projection(stage, block) else 1
+                blocks[f"block{block}"] = BasicBlock(c_in, c_out, stride, config.has_projection(stage, block))
                 c_in = c_out
             self.add_module(f"stage{stage}", nn.Sequential(blocks))
         self.pool = GlobalAvgPool()
@@ -199,10 +223,6 @@ class ResNet(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features to logits: what follows the last residual block."""
         return self.logits(self.pool(x))
-
-
-def build_model(config: ModelConfig) -> ResNet:
-    return ResNet(config)
 
 
 def decayed_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from ..device import activation_precision
-from ..nets import ModelConfig, ResNet, as_input, residual_blocks
+from ..nets import ModelConfig, as_input, residual_blocks
 
 __all__ = ["deleted", "deletion_accuracy"]
 
@@ -33,7 +33,7 @@ def deleted(model: torch.nn.Module, block: str) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def deletion_accuracy(model: ResNet, config: ModelConfig, images: torch.Tensor, labels: torch.Tensor,
+def deletion_accuracy(model: torch.nn.Module, config: ModelConfig, images: torch.Tensor, labels: torch.Tensor,
                       batch_size: int = 1000, bf16: bool = False) -> dict[str, float]:
     """Accuracy with each deletable block removed in turn, keyed by block name ('stage2.block3')."""
     order = residual_blocks(config)

@@ -32,7 +32,7 @@ __all__ = ["LinearProbes", "probe_layers", "fit_probes", "probe_accuracy"]
 
 def probe_layers(config: ModelConfig) -> list[str]:
     """For each residual block: the BN before the add, then the block's output."""
-    return [f"{b}.{layer}" for b in residual_blocks(config) for layer in ("bn2", "relu")]
+    return [f"{b}.{layer}" for b in residual_blocks(config) for layer in (config.pre_add_bn, "relu")]
 
 
 def pooled(out: torch.Tensor, pool: int) -> torch.Tensor:

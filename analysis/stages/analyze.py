@@ -50,7 +50,8 @@ from ..store.lookup import tag_value
 from ..store.model_files import LoadedModel, build_with_weights, load_model, training_snapshots
 from ..store.tracking import stage_run
 
-__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "example_indices", "check_dataset"]
+__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "example_indices", "check_dataset",
+           "trained_image_size"]
 
 HISTORY_ANALYSES = ("cka", "pc", "dominant")  # what each training snapshot gets; probes and deletion are left to the final model
 
@@ -70,7 +71,7 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
               "dataset": dataset, "data_dir": data_dir, "device": device}
     with stage_run("analyze", run_name or f"analyze-{len(uris)}-models", params) as run:
         loaded = [load_model(uri, resolve_device(device)) for uri in uris]
-        data = load_dataset(check_dataset(loaded, dataset), data_dir or None)
+        data = load_dataset(check_dataset(loaded, dataset), data_dir or None, trained_image_size(loaded))
         examples = example_indices(len(data.test_x), options)
         log_analysed_examples(data, examples)
         snapshots = [training_snapshots(m) if options.history else [] for m in loaded]  # refused before any work
@@ -91,6 +92,14 @@ def check_dataset(loaded: Sequence[LoadedModel], requested: str = "") -> str:
     if {m.config.num_classes for m in loaded} != {loaded[0].config.num_classes}:
         raise ValueError("the models have different numbers of classes; analyse them separately")
     return dataset
+
+
+def trained_image_size(loaded: Sequence[LoadedModel]) -> int:
+    """The image size all `loaded` models were trained at (0: as stored), which analysis must use."""
+    sizes = {int(m.training.get("image_size", 0)) for m in loaded}
+    if len(sizes) > 1:
+        raise ValueError(f"the models were trained at different image sizes {sorted(sizes)}; analyse them separately")
+    return sizes.pop()
 
 
 def example_indices(num_test: int, options: AnalysisOptions) -> torch.Tensor:

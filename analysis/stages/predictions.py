@@ -61,7 +61,8 @@ def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutati
         a, b = group_uris(group_a, "group_a"), group_uris(group_b, "group_b")
         if set(a) & set(b):
             raise ValueError(f"groups share models {sorted(set(a) & set(b))}; the groups must be disjoint")
-        data = load_dataset(_one_dataset([*a, *b]), data_dir or None)
+        dataset, image_size = _one_dataset([*a, *b])
+        data = load_dataset(dataset, data_dir or None, image_size)
         with tempfile.TemporaryDirectory() as tmp:
             logits = [_cached_logits(u, resolve_device(device), data, run.info.run_id, Path(tmp) / c.LOGITS_DIR)
                       for u in [*a, *b]]
@@ -76,11 +77,12 @@ def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutati
     return PredictionsOutcome(run.info.run_id, a, b, metrics)
 
 
-def _one_dataset(uris: Sequence[str]) -> str:
-    datasets = {resolve_version(u).tags.get("dataset") for u in uris}
-    if len(datasets) != 1:
-        raise ValueError(f"the models were trained on different datasets {sorted(map(str, datasets))}")
-    return datasets.pop()
+def _one_dataset(uris: Sequence[str]) -> tuple[str, int]:
+    """The dataset and image size (0: as stored) every model was trained on."""
+    trained = {(v.tags.get("dataset"), int(v.tags.get(c.IMAGE_SIZE, "0"))) for v in map(resolve_version, uris)}
+    if len(trained) != 1:
+        raise ValueError(f"the models were trained on different datasets or image sizes {sorted(trained, key=str)}")
+    return trained.pop()
 
 
 def _cached_logits(uri: str, device: torch.device, data: ImageData, run_id: str, out: Path) -> np.ndarray:

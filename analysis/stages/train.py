@@ -48,8 +48,8 @@ EXAMPLE_IMAGES = 2  # test images stored with each model as its input example
 def model_params(config: TrainConfig) -> dict:
     """What a logged model records about its training: the architecture and the recipe."""
     fields = dataclasses.asdict(config)
-    return {k: fields[k] for k in ("depth", "width", "seed", "data_fraction", "subset_seed", "dataset", "epochs",
-                                   "batch_size", "lr", "momentum", "weight_decay")}
+    return {k: fields[k] for k in ("arch", "depth", "width", "seed", "data_fraction", "subset_seed", "dataset", "image_size",
+                                   "epochs", "batch_size", "lr", "momentum", "weight_decay")}
 
 
 def fingerprint_in_this_store(config: TrainConfig, experiment_id: str) -> str:
@@ -59,7 +59,7 @@ def fingerprint_in_this_store(config: TrainConfig, experiment_id: str) -> str:
 
 def registered_version(config: TrainConfig, experiment_id: str) -> ModelVersion | None:
     """The registered version of exactly this training, if one exists (sweeps skip those)."""
-    name = registered_name(config.dataset, config.depth, config.width)
+    name = registered_name(config.dataset, config.depth, config.width, config.arch)
     found = find_versions(name, {c.FINGERPRINT: fingerprint_in_this_store(config, experiment_id)})
     return found[0] if found else None
 
@@ -87,7 +87,7 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     fingerprint = fingerprint_in_this_store(config, experiment_id)
     ckpt = checkpoints.checkpoint_path(fingerprint)
     checkpoints.check_writable(ckpt)  # before any data is read, not after the first epoch
-    data = load_dataset(config.dataset, config.data_dir or None)
+    data = load_dataset(config.dataset, config.data_dir or None, config.image_size)
     log_training_data(data, config.data_fraction, subset_indices(data.train_y, config.data_fraction, config.subset_seed))
     if data.skipped_images:
         print(f"warning: {data.skipped_images} unreadable image(s) left out ({SKIP_BAD_IMAGES_ENV}); "
@@ -115,13 +115,15 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     mlflow.log_params({c.TRAIN_SIZE: result.train_size, c.SUBSET_HASH: result.subset_hash, "num_classes": data.num_classes,
                        c.SKIPPED_IMAGES: data.skipped_images})
 
-    name = registered_name(config.dataset, config.depth, config.width)
+    name = registered_name(config.dataset, config.depth, config.width, config.arch)
     tags = {
         "dataset": config.dataset,
         "depth": str(config.depth),
         "width": f"{config.width:g}",
         "seed": str(config.seed),
         "data_fraction": f"{config.data_fraction:g}",
+        c.ARCH: config.arch,
+        c.IMAGE_SIZE: str(config.image_size),
         c.EPOCHS: str(config.epochs),
         c.TRAIN_SIZE: str(result.train_size),
         c.SUBSET_HASH: result.subset_hash,

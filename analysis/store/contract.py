@@ -21,7 +21,7 @@ __all__ = [
     "KIND", "KINDS", "PROCESS_HOST", "PROCESS_PID", "ERROR", "LINEAGE", "FINGERPRINT", "RESUMED_FROM", "REGISTERED_MODEL",
     "MODEL_NAME", "MODEL_VERSION", "TRAIN_RUN_ID", "ANALYSIS_MODEL_URI", "ANALYSIS_MODELS", "GROUP_A", "GROUP_B",
     "SWEEP_STUDY", "SWEEP_STORAGE", "SWEEP_MODE", "SWEEP_GRID_SIZE", "SWEEP_TRIAL", "STUDY_PRESET",
-    "VERSION_CONFIG", "VERSION_ACCURACY", "TEST_ACCURACY", "TRAIN_ACCURACY", "TRAIN_SIZE", "SUBSET_HASH", "SKIPPED_IMAGES", "EPOCHS",
+    "VERSION_CONFIG", "VERSION_ACCURACY", "TEST_ACCURACY", "TRAIN_ACCURACY", "TRAIN_SIZE", "ARCH", "IMAGE_SIZE", "SUBSET_HASH", "SKIPPED_IMAGES", "EPOCHS",
     "ANALYSIS_RUN_ID", "TEST_LOGITS", "STUDY_ANALYSED", "NEWEST_ALIAS",
     "BLOCK_METRICS", "EXPLANATION_METRICS", "ANALYSIS_ACCURACY", "FITS_TRAINING_SET_METRIC", "ANALYSIS_METRICS",
     "CKA_DIR", "DOMINANT_DIR", "HISTORY_DIR", "SNAPSHOT_DIR", "MATRIX_FILE", "SUMMARY_FILE", "HEATMAP_FILE", "CROSS_DIR", "LOGITS_DIR", "COMPARISON_DIR",
@@ -59,6 +59,8 @@ TEST_ACCURACY = "test_accuracy"
 TRAIN_ACCURACY = "train_accuracy"  # clean (no augmentation) accuracy on the training subset
 VERSION_ACCURACY = (TEST_ACCURACY, TRAIN_ACCURACY)
 TRAIN_SIZE = "train_size"
+ARCH = "arch"  # the model family (nets.ARCHS); versions registered before it existed are "resnet"
+IMAGE_SIZE = "image_size"  # the side images were resized to in training, "0" for as stored (absent before it existed)
 SUBSET_HASH = "subset_hash"
 SKIPPED_IMAGES = "skipped_images"  # param: unreadable images left out of the data (WIDEDEEP_SKIP_BAD_IMAGES)
 EPOCHS = "epochs"

@@ -23,7 +23,11 @@ __all__ = ["registered_name", "search_versions", "find_versions", "split_uris", 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w-]+))$")
 
 
-def registered_name(dataset: str, depth: int, width: float) -> str:
+def registered_name(dataset: str, depth: int, width: float, arch: str = "resnet") -> str:
+    """'cifar10-resnet20-w1' for the CIFAR family; 'imagenet-resnet50-d56-w2' for the ResNet-50
+    family (whose depths 50 and 56 would otherwise clash with CIFAR ResNets of those depths)."""
+    if arch == "resnet50":
+        return f"{dataset}-resnet50-d{depth}-w{width:g}"
     return f"{dataset}-resnet{depth}-w{width:g}"
 
 

@@ -35,7 +35,9 @@ from mlflow.types import Schema, TensorSpec
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..nets import ModelConfig, ResNet, build_model
+from torch import nn
+
+from ..nets import ModelConfig, build_model
 from .contract import LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, SNAPSHOT_DIR, model_uri
 from .lookup import find_versions, resolve_version
 
@@ -47,7 +49,7 @@ FORMAT = 1
 
 @dataclasses.dataclass
 class LoadedModel:
-    model: ResNet
+    model: nn.Module
     config: ModelConfig
     uri: str  # models:/NAME/VERSION, the version resolved
     name: str
@@ -156,7 +158,7 @@ def load_model(uri: str, device: torch.device | str = "cpu") -> LoadedModel:
     )
 
 
-def read_model_files(directory: Path, what: str) -> tuple[ModelConfig, dict, ResNet]:
+def read_model_files(directory: Path, what: str) -> tuple[ModelConfig, dict, nn.Module]:
     """Validate and load config.json and model.safetensors; errors name `what` and the problem."""
     try:
         with open(directory / MODEL_CONFIG_FILE) as f:
@@ -169,7 +171,7 @@ def read_model_files(directory: Path, what: str) -> tuple[ModelConfig, dict, Res
     return config, meta.get("training", {}), build_with_weights(config, directory / MODEL_WEIGHTS_FILE, what)
 
 
-def build_with_weights(config: ModelConfig, weights: Path, what: str) -> ResNet:
+def build_with_weights(config: ModelConfig, weights: Path, what: str) -> nn.Module:
     """The network of `config` with the safetensors state dict at `weights`, checked: errors name
     `what` and the problem (a missing or corrupt file, NaN weights, a config mismatch)."""
     try:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..config import CLEAN_TRAIN_EVAL_MAX, TrainConfig
 from ..data import ImageData, augment, indices_hash, subset_indices
 from ..device import autocast, peak_flops, prepare_model, resolve_device
-from ..nets import ModelConfig, ResNet, build_model, decayed_parameters, evaluate, penalised_layers, tapped
+from ..nets import ModelConfig, build_model, decayed_parameters, evaluate, penalised_layers, tapped
 from ..science.pca import batch_pc1_share
 from . import checkpoints
 
@@ -47,7 +47,7 @@ __all__ = ["TrainResult", "train", "cosine_lr", "use_channels_last", "step_flops
 
 @dataclasses.dataclass
 class TrainResult:
-    model: ResNet
+    model: torch.nn.Module
     history: list[dict[str, float]]  # one dict of metrics per epoch
     final: dict[str, float]  # test (or val) accuracy and loss, train_accuracy_clean, train_loss_clean
     train_size: int
