@@ -24,12 +24,12 @@ __all__ = ["COLUMNS", "METRIC_COLUMNS", "GROUP", "analysed_models_api", "analyse
            "is_database_uri"]
 
 ID_COLUMNS = [c.MODEL_NAME, c.MODEL_VERSION, c.TRAIN_RUN_ID, c.ANALYSIS_RUN_ID, "analysis_time"]
-CONFIG_TYPES = {"dataset": str, "depth": int, "width": float, "seed": int, "data_fraction": float, "epochs": int}
-CONFIG_COLUMNS = {k: CONFIG_TYPES[k] for k in c.VERSION_CONFIG}
+CONFIG_TYPES = {"dataset": str, c.ARCH: str, "depth": int, "width": float, "seed": int, "data_fraction": float, "epochs": int}
+CONFIG_COLUMNS = {k: CONFIG_TYPES[k] for k in (c.VERSION_CONFIG[0], c.ARCH, *c.VERSION_CONFIG[1:])}
 ACCURACY_COLUMNS = list(c.VERSION_ACCURACY)
 METRIC_COLUMNS = list(c.ANALYSIS_METRICS)
 COLUMNS = ID_COLUMNS + list(CONFIG_COLUMNS) + ACCURACY_COLUMNS + METRIC_COLUMNS + ["complete"]
-GROUP = ["dataset", "depth", "width", "data_fraction"]
+GROUP = ["dataset", c.ARCH, "depth", "width", "data_fraction"]
 DATABASE_SCHEMES = ("sqlite:", "postgresql", "mysql", "mssql")
 
 
@@ -49,11 +49,12 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     df["analysis_time"] = pd.to_numeric(df["analysis_time"]).astype("int64")
     df["complete"] = df["block_count"].notna()
     df = df.sort_values("analysis_time").drop_duplicates([c.MODEL_NAME, c.MODEL_VERSION], keep="last")
-    return df.sort_values(["dataset", "depth", "width", "data_fraction", "seed", c.MODEL_NAME, c.MODEL_VERSION]).reset_index(drop=True)
+    return df.sort_values([*GROUP, "seed", c.MODEL_NAME, c.MODEL_VERSION]).reset_index(drop=True)
 
 
 def _version_fields(tags: dict[str, str]) -> dict:
-    return {k: tags.get(k) for k in [*CONFIG_COLUMNS, *ACCURACY_COLUMNS]}
+    """The version's config and accuracy tags; versions registered before `arch` existed are the CIFAR family."""
+    return {**{k: tags.get(k) for k in [*CONFIG_COLUMNS, *ACCURACY_COLUMNS]}, c.ARCH: tags.get(c.ARCH, "resnet")}
 
 
 def analysed_models_api(experiment_ids: list[str] | None = None) -> pd.DataFrame:
