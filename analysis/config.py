@@ -205,7 +205,8 @@ class Grid:
     data_fractions: tuple[float, ...]
 
     @classmethod
-    def parse(cls, depths: str, widths: str, seeds: str, data_fractions: str) -> "Grid":
+    def parse(cls, depths: str, widths: str, seeds: str, data_fractions: str, arch: str = "resnet") -> "Grid":
+        """The grid from comma lists, every cell checked (for the model family `arch`) before anything runs."""
         def values(text: str, kind, name: str) -> tuple:
             try:
                 out = tuple(dict.fromkeys(kind(float(v)) if kind is int and float(v).is_integer() else kind(v)
@@ -220,7 +221,7 @@ class Grid:
         grid = cls(values(depths, int, "depths"), values(widths, float, "widths"), values(seeds, int, "seeds"),
                    values(data_fractions, float, "data_fractions"))
         for cell in grid.cells():
-            TrainConfig(**{k: v for k, v in cell.items() if k != "seed"})  # every cell valid, before anything runs
+            TrainConfig(**{k: v for k, v in cell.items() if k != "seed"}, arch=arch)
         return grid
 
     def search_space(self) -> dict[str, list]:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from analysis.config import PRESET_EPOCHS, TrainConfig, resolve_epochs
 from analysis.data import DATASETS, check_data_dir
 from analysis.device import resolve_device
+from analysis.nets import ARCHS
 from analysis.store.tracking import fail_run, first_line
 
 # Errors that mean "bad input, bad data or an unusable store": reported in one line, no traceback
@@ -111,6 +112,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     """The training settings that `train` and `sweep` share (defaults: analysis.config)."""
     d = TrainConfig()
     p.add_argument("--preset", default="quick", choices=sorted(PRESET_EPOCHS))
+    p.add_argument("--arch", default=d.arch, choices=ARCHS,
+                   help="resnet: the CIFAR family; resnet50: the ImageNet ResNet-50 family (depth and width scale stage 3)")
+    p.add_argument("--image_size", type=whole_number, default=d.image_size, help="resize images to this side (0: as stored)")
     p.add_argument("--epochs", type=whole_number, default=0, help="0: the preset's count")
     p.add_argument("--batch_size", type=whole_number, default=d.batch_size)
     p.add_argument("--lr", type=number, default=d.lr)
@@ -136,4 +140,5 @@ def training_settings(args: argparse.Namespace) -> dict:
         "momentum": args.momentum, "weight_decay": args.weight_decay, "dataset": args.dataset, "data_dir": args.data_dir,
         "device": args.device, "eval_every": args.eval_every, "compile": args.compile == "true",
         "snapshot_every": args.snapshot_every, "pc1_penalty": args.pc1_penalty, "pc1_penalty_layers": args.pc1_penalty_layers,
+        "arch": args.arch, "image_size": args.image_size,
     }

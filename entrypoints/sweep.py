@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    grid = Grid.parse(args.depths, args.widths, args.seeds, args.data_fractions)
+    grid = Grid.parse(args.depths, args.widths, args.seeds, args.data_fractions, args.arch)
     base = TrainConfig(depth=grid.depths[0], width=grid.widths[0], data_fraction=grid.data_fractions[0], **training_settings(args))
     check_where(base.device, base.data_dir)
     require(args.workers >= 1, "workers", args.workers, "an integer >= 1")

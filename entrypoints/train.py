@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from analysis.config import TrainConfig
-from analysis.nets import ARCHS
 from analysis.stages.train import train_stage
 from analysis.store.contract import NEWEST_ALIAS
 from entrypoints.common import Parser, add_training_args, check_where, number, run_main, training_settings, whole_number
@@ -15,12 +14,9 @@ from entrypoints.common import Parser, add_training_args, check_where, number, r
 def parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = Parser(description=__doc__)
-    p.add_argument("--arch", default=d.arch, choices=ARCHS,
-                   help="resnet: the CIFAR family; resnet50: the ImageNet ResNet-50 family (depth and width scale stage 3)")
     p.add_argument("--depth", type=whole_number, default=d.depth,
                    help="resnet: 6n+2 (14, 20, 26, 32, 38, 44, 56, 110, 164); resnet50: 50+3k (50, 53, 56, ...)")
     p.add_argument("--width", type=number, default=d.width, help="channel multiplier: every stage (resnet), stage 3 (resnet50)")
-    p.add_argument("--image_size", type=whole_number, default=d.image_size, help="resize images to this side (0: as stored)")
     p.add_argument("--seed", type=whole_number, default=d.seed)
     p.add_argument("--data_fraction", type=number, default=d.data_fraction)
     p.add_argument("--subset_seed", type=whole_number, default=d.subset_seed)
@@ -34,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     config = TrainConfig(depth=args.depth, width=args.width, seed=args.seed, data_fraction=args.data_fraction,
-                         subset_seed=args.subset_seed, arch=args.arch, image_size=args.image_size, **training_settings(args))
+                         subset_seed=args.subset_seed, **training_settings(args))
     check_where(config.device, config.data_dir)
     outcome = train_stage(config, params=vars(args))
     print(f"registered {outcome.uri} (alias @{NEWEST_ALIAS}): test accuracy {outcome.result.final['test_accuracy']:.4f}, "

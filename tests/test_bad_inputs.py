@@ -84,6 +84,7 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("sweep", "--mode search --val_fraction 1", "val_fraction=1.0 is not allowed; use a share in (0, 1)", False),
     ("sweep", "--mode bogus", "parameter mode: invalid choice: 'bogus'", False),
     ("sweep", "--depths 8,9", "depth=9 is not 6n+2", False),
+    ("sweep", "--arch resnet50 --depths 50,52", "depth=52 is not 50+3k", False),
     ("sweep", "--widths 1,abc", "widths='1,abc' is not a comma-separated list of floats", False),
     ("sweep", "--widths 1,inf", "width=inf must be a positive multiplier", False),
     ("sweep", "--seeds ,", "seeds is empty; give at least one value", False),

@@ -44,6 +44,18 @@ def test_grid_on_sqlite_trains_each_cell_once_and_a_rerun_trains_nothing(store):
     assert len(training_runs()) == 2 and len(all_versions()) == 2
 
 
+@pytest.mark.slow
+def test_a_grid_of_the_resnet50_family_trains_at_its_image_size_and_a_rerun_trains_nothing(store):
+    storage = f"sqlite:///{store / 'optuna.db'}"
+    argv = ["--arch", "resnet50", "--depths", "50,53", "--widths", "0.25", "--image_size", "32", "--storage", storage]
+    assert run_sweep(*argv) == 0
+    versions = lookup.search_versions("")
+    assert sorted(v.name for v in versions) == ["cifar10-resnet50-d50-w0.25", "cifar10-resnet50-d53-w0.25"]
+    assert {(v.tags["arch"], v.tags["image_size"]) for v in versions} == {("resnet50", "32")}
+    assert run_sweep(*argv) == 0
+    assert len(training_runs()) == 2  # found again by fingerprint, family and image size included
+
+
 def test_bad_grid_values_fail_before_anything_runs(store, capsys):
     assert run_sweep("--widths", "0.25,x", "--storage", f"sqlite:///{store / 'optuna.db'}") == 2
     assert "widths='0.25,x'" in capsys.readouterr().err
