@@ -30,3 +30,29 @@ def test_predictions_entry_point_end_to_end_with_cached_logits(store):
     second = next(r for r in runs if r.info.run_id != first[0].info.run_id)
     assert client.list_artifacts(second.info.run_id, c.LOGITS_DIR) == []
     assert second.data.metrics["cross_disagreement"] == first[0].data.metrics["cross_disagreement"]
+
+
+def test_predictions_read_the_images_at_the_size_the_models_were_trained_at(store, tiny_data, capsys):
+    import numpy as np
+    import mlflow
+
+    from analysis import registry
+    from analysis.data import load_dataset
+    from analysis.nets import predict_logits
+
+    versions = [register_model(8, width, seed, image_size="40") for width in (0.25, 0.5) for seed in (0, 1)]
+    a = versions[0]
+    uris = [f"models:/{v.name}/{v.version}" for v in versions]
+    argv = ["--group_a", ",".join(uris[:2]), "--group_b", ",".join(uris[2:]), "--device", "cpu", "--permutations", "99"]
+    assert run_main(lambda: pred_entry.main(pred_entry.parse_args(argv))) == 0
+    cached = np.load(mlflow.artifacts.download_artifacts(
+        artifact_uri=MlflowClient().get_model_version(a.name, a.version).tags[c.TEST_LOGITS]))
+    at_40 = load_dataset("cifar10", tiny_data, image_size=40).test_x
+    assert at_40.shape[2:] == (40, 40)
+    np.testing.assert_allclose(cached, predict_logits(registry.load_model(uris[0]).model, at_40).numpy(), atol=1e-5)
+
+    other = [register_model(8, 0.5, seed) for seed in (2, 3)]  # trained at the stored size
+    capsys.readouterr()
+    argv = ["--group_a", ",".join(uris[:2]), "--group_b", ",".join(f"models:/{v.name}/{v.version}" for v in other), "--device", "cpu"]
+    assert run_main(lambda: pred_entry.main(pred_entry.parse_args(argv))) == 2
+    assert "trained on different datasets or image sizes" in capsys.readouterr().err
