@@ -124,31 +124,20 @@ def shade(ax, spans: Sequence[tuple[float, float]], label: str = "block structur
         ax.axvspan(start - 0.5, end + 0.5, color="tab:orange", alpha=0.15, lw=0, label=label if k == 0 else None)
 
 
-def mask_spans(mask: Sequence[bool]) -> list[tuple[int, int]]:
-    """Contiguous True runs of a boolean sequence as (start, end) index pairs."""
-    spans, start = [], None
-    for i, m in enumerate(list(mask) + [False]):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            spans.append((start, i - 1))
-            start = None
-    return spans
-
-
 def curves(
     labels: Sequence[str],
     series: dict[str, Sequence[float]],
-    in_block: Sequence[bool],
+    shaded: Sequence[tuple[int, int]],
     ylabel: str,
     title: str,
     hline: tuple[float, str] | None = None,
 ) -> Figure:
-    """One line per series over named positions (layers or residual blocks), the detected block
-    shaded. Tick labels thin out when there are many positions."""
+    """One line per series over named positions (layers or residual blocks), the (start, end)
+    position ranges in `shaded` shaded (the detected blocks). Tick labels thin out when there are
+    many positions."""
     fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=120)
     x = np.arange(len(labels))
-    shade(ax, mask_spans(in_block))
+    shade(ax, shaded)
     for name, values in series.items():
         ax.plot(x, values, marker="o", ms=3, lw=1.4, label=name)
     if hline is not None:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .science.blocks import in_block_mask, layers_in_blocks
+from .science.blocks import layers_in_blocks, mask_spans
 from .science.dominant import Dominant
 from .science.explain import ModelReport
 from .science.predictions import GroupComparison
@@ -56,13 +56,12 @@ def write_model_report(directory: Path, report: ModelReport, train_accuracy: str
     write_matrix(directory, "cka", report.cka, names, names)
     write_heatmap(directory, "heatmap", report.cka, names, title=label, subtitle=subtitle, blocks=spans)
     summary = {**summary, "layer_names": names, "metrics": report.metrics, "blocks": [b.as_dict() for b in report.blocks]}
-    in_block = in_block_mask(report.blocks, len(names))
     if report.pc1_share is not None:
         write_matrix(directory, "cka_without_pc1", report.cka_without_pc1, names, names)
         write_matrix(directory, "cka_pc1_only", report.cka_pc1_only, names, names)
         _save(plots.heatmap_pair(report.cka, report.cka_without_pc1, names, ("CKA", "CKA with each layer's PC1 removed"),
                                  f"{label}: {subtitle}", blocks=spans), directory / "heatmap_without_pc1.png")
-        _save(plots.curves(names, {"PC1 share of variance": report.pc1_share}, in_block, "share of variance",
+        _save(plots.curves(names, {"PC1 share of variance": report.pc1_share}, spans, "share of variance",
                            f"{label}: first principal component per layer"), directory / "pc1_share.png")
         summary["pc1_share"] = dict(zip(names, report.pc1_share.tolist()))
         summary["pc1_residual_max"] = float(np.max(report.pc1_residual))
@@ -72,14 +71,14 @@ def write_model_report(directory: Path, report: ModelReport, train_accuracy: str
         for train_set, acc in report.probe_accuracy.items():
             series[f"block output ({train_set} train)"] = list(acc[1::2])
             series[f"BN before add ({train_set} train)"] = list(acc[0::2])
-        _save(plots.curves([o.removesuffix(".relu") for o in outputs], series, layers_in_blocks(report.blocks, names, outputs),
+        _save(plots.curves([o.removesuffix(".relu") for o in outputs], series, mask_spans(layers_in_blocks(report.blocks, names, outputs)),
                            "test accuracy", f"{label}: linear probes (pool {summary.get('probe_pool', 2)}x)",
                            hline=(accuracy, "model")), directory / "probes.png")
         summary["probe_accuracy"] = {k: dict(zip(report.probe_names, v.tolist())) for k, v in report.probe_accuracy.items()}
     if report.deletion is not None:
         deleted = list(report.deletion)
         mask = layers_in_blocks(report.blocks, names, [f"{b}.relu" for b in deleted])
-        _save(plots.curves(deleted, {"accuracy with the block deleted": list(report.deletion.values())}, mask,
+        _save(plots.curves(deleted, {"accuracy with the block deleted": list(report.deletion.values())}, mask_spans(mask),
                            "test accuracy", f"{label}: deleting one residual block at a time",
                            hline=(accuracy, "intact model")), directory / "deletion.png")
         summary["deletion_accuracy"] = report.deletion
@@ -127,7 +126,7 @@ def write_history(directory: Path, history: Sequence[tuple[int, ModelReport]], l
     if history[0][1].dominant is not None:
         k = history[0][1].dominant.k
         series[f"share of PC1 held by each layer's top {k} examples"] = [float(r.dominant.top_share.mean()) for _, r in history]
-    _save(plots.curves([f"epoch {e}" for e, _ in history], series, [False] * len(history), "share",
+    _save(plots.curves([f"epoch {e}" for e, _ in history], series, (), "share",
                        f"{label}: block structure and PC1 over training"), directory / "metrics.png")
     write_json(directory / c.SUMMARY_FILE, {"label": label, "snapshots": [
         {"epoch": e, "metrics": r.metrics, "blocks": [b.as_dict() for b in r.blocks],

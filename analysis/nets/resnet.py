@@ -134,12 +134,16 @@ def penalised_layers(config: ModelConfig, spec: str) -> list[str]:
     if spec.strip() == "all":
         return outputs
     wanted = [w.strip() for w in spec.split(",") if w.strip()]
-    unmatched = [w for w in wanted if not any(o == w or o.startswith(w + ".") for o in outputs)]
+
+    def picks(output: str, w: str) -> bool:
+        return output == w or output.startswith(w + ".")
+
+    unmatched = [w for w in wanted if not any(picks(o, w) for o in outputs)]
     if unmatched or not wanted:
         raise ValueError(f"pc1_penalty_layers={spec!r} names no residual block output of a ResNet-{config.depth} "
                          f"({', '.join(unmatched) or 'empty'}); use all, or e.g. stage3 or stage2.block1 "
                          f"(outputs {outputs[0]} to {outputs[-1]})")
-    return [o for o in outputs if any(o == w or o.startswith(w + ".") for w in wanted)]
+    return [o for o in outputs if any(picks(o, w) for w in wanted)]
 
 
 class Add(nn.Module):

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..config import BLOCK_MIN_FRAC, BLOCK_MIN_LAYERS, BLOCK_THRESHOLD
 
-__all__ = ["Block", "find_blocks", "block_metrics", "mean_off_diagonal", "in_block_mask", "layers_in_blocks"]
+__all__ = ["Block", "find_blocks", "block_metrics", "mean_off_diagonal", "in_block_mask", "layers_in_blocks", "mask_spans"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,3 +138,15 @@ def layers_in_blocks(blocks: Sequence[Block], names: Sequence[str], layers: Sequ
     mask = in_block_mask(blocks, len(names))
     index = {n: i for i, n in enumerate(names)}
     return np.array([layer in index and bool(mask[index[layer]]) for layer in layers])
+
+
+def mask_spans(mask: Sequence[bool]) -> list[tuple[int, int]]:
+    """Contiguous True runs of a boolean sequence as (start, end) index pairs, end inclusive."""
+    spans, start = [], None
+    for i, m in enumerate(list(mask) + [False]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            spans.append((start, i - 1))
+            start = None
+    return spans

@@ -22,7 +22,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from .blocks import Block, in_block_mask
+from .blocks import Block, in_block_mask, mask_spans
 
 __all__ = ["Dominant", "DominantGroup", "find_dominant", "example_shares", "top_examples", "jaccard", "region_overlaps",
            "image_statistics", "dominant_metrics"]
@@ -79,20 +79,6 @@ def jaccard(top: np.ndarray, top_other: np.ndarray | None = None) -> np.ndarray:
     return common / (top.shape[1] + other.shape[1] - common)
 
 
-def _segments(blocks: list[Block], num_layers: int) -> list[range]:
-    """Contiguous runs of layers outside every block."""
-    mask = in_block_mask(blocks, num_layers)
-    out, start = [], None
-    for i in range(num_layers + 1):
-        outside = i < num_layers and not mask[i]
-        if outside and start is None:
-            start = i
-        elif not outside and start is not None:
-            out.append(range(start, i))
-            start = None
-    return out
-
-
 def _mean_pairs(overlap: np.ndarray, regions: list[range]) -> float:
     """Mean overlap over every pair of distinct layers that lie in the same region."""
     values = [overlap[np.ix_(r, r)][np.triu_indices(len(r), 1)] for r in regions if len(r) >= 2]
@@ -103,7 +89,8 @@ def region_overlaps(overlap: np.ndarray, blocks: list[Block]) -> tuple[float, fl
     """(mean overlap over pairs of layers in the same block, over pairs in the same stretch of
     layers outside the blocks). NaN where there is no such pair (no block: the first is NaN)."""
     inside = [range(b.start, b.end + 1) for b in blocks]
-    return _mean_pairs(overlap, inside), _mean_pairs(overlap, _segments(blocks, len(overlap)))
+    outside = [range(start, end + 1) for start, end in mask_spans(~in_block_mask(blocks, len(overlap)))]
+    return _mean_pairs(overlap, inside), _mean_pairs(overlap, outside)
 
 
 def image_statistics(images: torch.Tensor) -> dict[str, float]:
