@@ -20,7 +20,7 @@ from .data import DATASETS
 from .nets import ModelConfig, penalised_layers
 
 __all__ = [
-    "PRESET_EPOCHS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
+    "PRESET_EPOCHS", "STREAMED_ARCHS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
     "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "PROBE_MEMORY_BYTES", "FITS_TRAINING_SET",
     "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
@@ -35,6 +35,7 @@ def _check(obj, checks: list[tuple[bool, str, str]]) -> None:
 
 # --- training -------------------------------------------------------------------------------
 PRESET_EPOCHS = {"quick": 2, "paper": 300}
+STREAMED_ARCHS = ("resnet50",)  # families trained on streamed ImageFolder images with the ImageNet crops (data/folder.py)
 DEVICES = ("auto", "cpu", "cuda")
 CLEAN_TRAIN_EVAL_MAX = 10_000  # training examples scored without augmentation at the end (train_accuracy)
 
@@ -82,9 +83,16 @@ class TrainConfig:
             (self.snapshot_every >= 0, "snapshot_every", "an integer >= 0 (0: no snapshots)"),
             (self.pc1_penalty >= 0, "pc1_penalty", "a float >= 0 (0: no penalty)"),
             (self.image_size == 0 or self.image_size >= 8, "image_size", "0 (as stored) or an integer >= 8"),
+            (self.dataset != "imagenet" or self.streamed, "dataset", "imagenet with arch=resnet50 (ImageNet is streamed; "
+                                                                     "the CIFAR family trains in memory)"),
         ])  # fmt: skip
         if self.pc1_penalty > 0:
             penalised_layers(ModelConfig(depth=self.depth, width=self.width, arch=self.arch), self.pc1_penalty_layers)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are streamed from a folder (the ImageNet family) or held in memory."""
+        return self.arch in STREAMED_ARCHS
 
     def model_config(self, num_classes: int) -> ModelConfig:
         return ModelConfig(depth=self.depth, width=self.width, num_classes=num_classes, arch=self.arch)

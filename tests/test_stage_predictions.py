@@ -55,4 +55,4 @@ def test_predictions_read_the_images_at_the_size_the_models_were_trained_at(stor
     capsys.readouterr()
     argv = ["--group_a", ",".join(uris[:2]), "--group_b", ",".join(f"models:/{v.name}/{v.version}" for v in other), "--device", "cpu"]
     assert run_main(lambda: pred_entry.main(pred_entry.parse_args(argv))) == 2
-    assert "trained on different datasets or image sizes" in capsys.readouterr().err
+    assert "trained on different datasets, image sizes or pipelines" in capsys.readouterr().err

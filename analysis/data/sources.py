@@ -9,10 +9,13 @@ Where data comes from (`dataset`, `data_dir`):
   there when online.
 - imagefolder: any root with train/ and test/ (or val/) folders of class subfolders; images are
   resized to a common size only if they differ (first image's size wins).
+- imagenet: a root with train/ and val/ class folders; it is always streamed.
+With `stream`, nothing is decoded up front: the splits are FolderImages (folder.py), read a batch
+at a time at `image_size` (0: 224), the ImageNet family's pipeline.
 `data_dir` defaults to $WIDEDEEP_DATA_DIR, then to <cache>/data. A folder the user names is only
 ever read: it must exist, and torchvision downloads only into the cache's own data folder.
 
-Every image is decoded before training starts. An unreadable one (truncated, corrupt, not an
+In memory, every image is decoded before training starts. An unreadable one (truncated, corrupt, not an
 image) stops the load with one line naming it, or, with WIDEDEEP_SKIP_BAD_IMAGES=1, is left out
 and counted (`ImageData.skipped_images`, logged by `train`). A class folder with no images, in
 either split, is refused: a model would otherwise be trained on fewer classes than it predicts.
@@ -29,9 +32,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .folder import DEFAULT_SIZE, FolderImages
 from .tensors import ImageData
 
-DATASETS = ("cifar10", "cifar100", "imagefolder")
+DATASETS = ("cifar10", "cifar100", "imagefolder", "imagenet")
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
@@ -39,6 +43,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 DATA_DIR_ENV = "WIDEDEEP_DATA_DIR"
 CACHE_DIR_ENV = "WIDEDEEP_CACHE_DIR"
 SKIP_BAD_IMAGES_ENV = "WIDEDEEP_SKIP_BAD_IMAGES"
+IN_MEMORY_MAX_IMAGES = 2_000_000  # beyond this an in-memory decode would not fit (ImageNet's 1.28 M at 32 px: 3.9 GB)
 
 
 def cache_dir() -> Path:
@@ -60,14 +65,17 @@ def check_data_dir(data_dir: str | os.PathLike | None) -> None:
                                 f"folders, or torchvision's files), or leave data_dir and {DATA_DIR_ENV} empty to download")
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, image_size: int = 0) -> ImageData:
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, image_size: int = 0, stream: bool = False) -> ImageData:
     """Read a dataset as uint8 tensors on the CPU, through the decode cache; with `image_size`,
-    every image resized to image_size x image_size (bilinear, antialiased)."""
+    every image resized to image_size x image_size (bilinear, antialiased). With `stream` (and
+    always for imagenet), the splits are FolderImages of an ImageFolder tree instead."""
     if name not in DATASETS:
         raise ValueError(f"dataset={name!r} is unknown; use one of {', '.join(DATASETS)}")
     check_data_dir(data_dir)
     named = bool(data_dir or os.environ.get(DATA_DIR_ENV))
     root = Path(data_dir) if data_dir else default_data_dir()
+    if stream or name == "imagenet":
+        return _stream_image_folder(name, root, image_size or DEFAULT_SIZE)
     if name == "imagefolder" or is_image_folder(root):
         data = _load_image_folder(name, root)
     else:
@@ -90,7 +98,18 @@ def _split_dir(root: Path, split: str) -> Path | None:
     return None
 
 
-def _load_image_folder(name: str, root: Path) -> ImageData:
+def _stream_image_folder(name: str, root: Path, size: int) -> ImageData:
+    splits, classes = _list_image_folder(name, root, streamed=True)
+    index = {c: i for i, c in enumerate(classes)}
+    tensors = {}
+    for split, files in splits.items():
+        tensors[f"{split}_x"] = FolderImages(tuple(p for _, p in files), size)
+        tensors[f"{split}_y"] = torch.tensor([index[c] for c, _ in files], dtype=torch.int64)
+    return ImageData(name=name, classes=classes, source=str(root.resolve()), **tensors)
+
+
+def _list_image_folder(name: str, root: Path, streamed: bool = False) -> tuple[dict[str, list[tuple[str, Path]]], tuple[str, ...]]:
+    """The (class, file) pairs of each split, and the classes, checked against each other and `name`."""
     if not root.is_dir():
         raise FileNotFoundError(f"data_dir={str(root)!r} does not exist; set {DATA_DIR_ENV} or data_dir to a dataset root")
     if not is_image_folder(root):
@@ -109,6 +128,14 @@ def _load_image_folder(name: str, root: Path) -> ImageData:
         raise ValueError(f"data_dir={str(root)!r} has classes {classes}, not CIFAR-10's {CIFAR10_CLASSES}")
     if name == "cifar100" and len(classes) != 100:
         raise ValueError(f"data_dir={str(root)!r} has {len(classes)} classes, not CIFAR-100's 100")
+    if not streamed and len(splits["train"]) > IN_MEMORY_MAX_IMAGES:
+        raise ValueError(f"data_dir={str(root)!r} holds {len(splits['train'])} training images, too many to decode into memory; "
+                         "use dataset=imagenet or arch=resnet50, which stream them")
+    return splits, classes
+
+
+def _load_image_folder(name: str, root: Path) -> ImageData:
+    splits, classes = _list_image_folder(name, root)
 
     skip = os.environ.get(SKIP_BAD_IMAGES_ENV, "") not in ("", "0", "false")
     listing = json.dumps({s: [(c, str(p.relative_to(root)), p.stat().st_size) for c, p in f] for s, f in splits.items()})

@@ -10,18 +10,22 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
+from .folder import FolderImages
+
 PAD = 4
+Images = torch.Tensor | FolderImages  # decoded uint8 (N, 3, H, W), or streamed from a folder
 
 
 @dataclasses.dataclass
 class ImageData:
-    """A labelled image dataset held as uint8 tensors (on whichever device they were moved to)."""
+    """A labelled image dataset held as uint8 tensors (on whichever device they were moved to),
+    or streamed from an ImageFolder tree (FolderImages, which stay on the host)."""
 
     name: str
     classes: tuple[str, ...]
-    train_x: torch.Tensor  # (N, 3, H, W) uint8
+    train_x: Images  # (N, 3, H, W) uint8
     train_y: torch.Tensor  # (N,) int64
-    test_x: torch.Tensor
+    test_x: Images
     test_y: torch.Tensor
     skipped_images: int = 0  # unreadable files left out (WIDEDEEP_SKIP_BAD_IMAGES=1)
     source: str = ""  # where the images came from: the data folder, or torchvision's download URL

@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from ..data import Images, take
 from .blocks import Block, in_block_mask, mask_spans
 
 __all__ = ["Dominant", "DominantGroup", "find_dominant", "example_shares", "top_examples", "jaccard", "region_overlaps",
@@ -93,21 +94,23 @@ def region_overlaps(overlap: np.ndarray, blocks: list[Block]) -> tuple[float, fl
     return _mean_pairs(overlap, inside), _mean_pairs(overlap, outside)
 
 
-def image_statistics(images: torch.Tensor) -> dict[str, float]:
+def image_statistics(images: Images, chunk: int = 500) -> dict[str, float]:
     """Mean colour (red, green, blue), brightness (mean luminance), contrast (per-image standard
     deviation of luminance) and saturation (HSV's (max - min) / max per pixel) of uint8 images
-    (N, 3, H, W), all in [0, 1], averaged over the images."""
-    x = images.double() / 255
-    luminance = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]  # ITU-R BT.601
-    means = x.mean((2, 3)).mean(0)
-    top, bottom = x.amax(1), x.amin(1)
-    saturation = torch.where(top > 0, (top - bottom) / top.clamp_min(1e-12), torch.zeros_like(top))
-    return {"red": float(means[0]), "green": float(means[1]), "blue": float(means[2]),
-            "brightness": float(luminance.mean()), "contrast": float(luminance.flatten(1).std(1).mean()),
-            "saturation": float(saturation.mean())}
+    (N, 3, H, W), all in [0, 1], averaged over the images; read `chunk` images at a time."""
+    per_image = []
+    for s in range(0, len(images), chunk):
+        x = images[s : s + chunk].double() / 255
+        luminance = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]  # ITU-R BT.601
+        top, bottom = x.amax(1), x.amin(1)
+        saturation = torch.where(top > 0, (top - bottom) / top.clamp_min(1e-12), torch.zeros_like(top))
+        per_image.append(torch.stack([*x.mean((2, 3)).T, luminance.mean((1, 2)), luminance.flatten(1).std(1),
+                                      saturation.mean((1, 2))], 1))
+    means = torch.cat(per_image).mean(0).tolist()
+    return dict(zip(("red", "green", "blue", "brightness", "contrast", "saturation"), means))
 
 
-def find_dominant(scores: np.ndarray, blocks: list[Block], images: torch.Tensor, example_ids: np.ndarray,
+def find_dominant(scores: np.ndarray, blocks: list[Block], images: Images, example_ids: np.ndarray,
                   k: int) -> Dominant:
     """The dominant-example analysis of one model from its PC1 scores (layers, N) over the analysed
     uint8 `images` (N, 3, H, W), test-set indices `example_ids`; `blocks` from the block detector.
@@ -127,8 +130,8 @@ def find_dominant(scores: np.ndarray, blocks: list[Block], images: torch.Tensor,
     largest = max(range(len(spans)), key=lambda j: len(spans[j][1]))
     dominant = np.zeros(n, dtype=bool)
     dominant[groups[largest].examples] = True
-    statistics = {"dominant": image_statistics(images[torch.from_numpy(dominant)]),
-                  "others": image_statistics(images[torch.from_numpy(~dominant)])}
+    statistics = {"dominant": image_statistics(take(images, torch.from_numpy(np.flatnonzero(dominant)))),
+                  "others": image_statistics(take(images, torch.from_numpy(np.flatnonzero(~dominant))))}
     return Dominant(k, np.asarray(example_ids), shares, top, jaccard(top), groups, statistics)
 
 

@@ -116,8 +116,9 @@ def model_cka(
     per_pass = len(batches) // passes
     for k, index in enumerate(tqdm(batches, desc="CKA batches", disable=None if progress is None else not progress)):
         grams, projections = [], []
+        batch = images[index]  # read once for all models (streamed images are decoded here)
         for m, (model, names) in enumerate(zip(models, layer_names)):
-            g, q, logits = batch_reductions(model, names, images[index], None if directions is None else directions[m], bf16)
+            g, q, logits = batch_reductions(model, names, batch, None if directions is None else directions[m], bf16)
             device = grams[0].device if grams else g.device
             grams.append(g.to(device))
             if q is not None:

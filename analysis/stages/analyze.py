@@ -33,7 +33,7 @@ from mlflow import MlflowClient
 from tqdm.auto import tqdm
 
 from ..config import AnalysisOptions
-from ..data import ImageData, load_dataset
+from ..data import ImageData, load_dataset, take
 from ..device import resolve_device
 from ..nets import layer_names
 from ..render import write_heatmap, write_history, write_matrix, write_model_report
@@ -47,11 +47,11 @@ from ..science.similarity import ModelCKA, model_cka
 from ..store import contract as c
 from ..store.datasets import log_analysed_examples
 from ..store.lookup import tag_value
-from ..store.model_files import LoadedModel, build_with_weights, load_model, training_snapshots
+from ..store.model_files import LoadedModel, TrainedData, build_with_weights, load_model, trained_data, training_snapshots
 from ..store.tracking import stage_run
 
 __all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "example_indices", "check_dataset",
-           "trained_image_size"]
+]
 
 HISTORY_ANALYSES = ("cka", "pc", "dominant")  # what each training snapshot gets; probes and deletion are left to the final model
 
@@ -71,7 +71,8 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
               "dataset": dataset, "data_dir": data_dir, "device": device}
     with stage_run("analyze", run_name or f"analyze-{len(uris)}-models", params) as run:
         loaded = [load_model(uri, resolve_device(device)) for uri in uris]
-        data = load_dataset(check_dataset(loaded, dataset), data_dir or None, trained_image_size(loaded))
+        trained = check_dataset(loaded, dataset)
+        data = load_dataset(trained.dataset, data_dir or None, trained.image_size, stream=trained.streamed)
         examples = example_indices(len(data.test_x), options)
         log_analysed_examples(data, examples)
         snapshots = [training_snapshots(m) if options.history else [] for m in loaded]  # refused before any work
@@ -81,25 +82,16 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
     return AnalyzeOutcome(run.info.run_id, reports, joint, model_runs)
 
 
-def check_dataset(loaded: Sequence[LoadedModel], requested: str = "") -> str:
-    """The one dataset all `loaded` models were trained on (and `requested`, if given)."""
-    trained_on = {m.training.get("dataset", m.tags.get("dataset")) for m in loaded}
-    if len(trained_on) > 1:
-        raise ValueError(f"the models were trained on different datasets {sorted(map(str, trained_on))}; analyse them separately")
-    dataset = trained_on.pop()
-    if requested and requested != dataset:
-        raise ValueError(f"dataset={requested!r} but the models were trained on {dataset!r}; leave dataset empty or pick matching models")
+def check_dataset(loaded: Sequence[LoadedModel], requested: str = "") -> TrainedData:
+    """The one dataset, image size and pipeline all `loaded` models were trained on (the dataset
+    `requested`, if given)."""
+    trained = trained_data([m.tags for m in loaded])
+    if requested and requested != trained.dataset:
+        raise ValueError(f"dataset={requested!r} but the models were trained on {trained.dataset!r}; leave dataset empty "
+                         "or pick matching models")
     if {m.config.num_classes for m in loaded} != {loaded[0].config.num_classes}:
         raise ValueError("the models have different numbers of classes; analyse them separately")
-    return dataset
-
-
-def trained_image_size(loaded: Sequence[LoadedModel]) -> int:
-    """The image size all `loaded` models were trained at (0: as stored), which analysis must use."""
-    sizes = {int(m.training.get("image_size", 0)) for m in loaded}
-    if len(sizes) > 1:
-        raise ValueError(f"the models were trained at different image sizes {sorted(sizes)}; analyse them separately")
-    return sizes.pop()
+    return trained
 
 
 def example_indices(num_test: int, options: AnalysisOptions) -> torch.Tensor:
@@ -115,7 +107,7 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
     if data.num_classes != models[0].config.num_classes:
         raise ValueError(f"dataset {data.name!r} has {data.num_classes} classes but the models predict {models[0].config.num_classes}")
     examples = example_indices(len(data.test_x), options)
-    images, targets = data.test_x[examples], data.test_y[examples]
+    images, targets = take(data.test_x, examples), data.test_y[examples]
     names = [layer_names(m.config, options.layers) for m in models]
 
     pcs = None
@@ -147,7 +139,7 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
                 index = probe_training_indices(
                     data.train_y, train_set, float(m.training.get("data_fraction", m.tags.get("data_fraction", 1))),
                     int(m.training.get("subset_seed", 0)), m.tags.get(c.SUBSET_HASH), options.probe_examples, m.uri)
-                probes = fit_probes(m.model, report.probe_names, data.train_x[index], data.train_y[index], data.num_classes,
+                probes = fit_probes(m.model, report.probe_names, take(data.train_x, index), data.train_y[index], data.num_classes,
                                     pool=options.probe_pool, progress=progress, bf16=options.bf16)
                 report.probe_accuracy[train_set] = probe_accuracy(m.model, probes, images, targets, progress=progress,
                                                                   bf16=options.bf16)

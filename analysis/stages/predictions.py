@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Sequence
 
 import mlflow
 import numpy as np
@@ -26,7 +25,7 @@ from ..render import write_predictions
 from ..science.predictions import compare_groups
 from ..store import contract as c
 from ..store.lookup import resolve_version, split_uris, uris_matching
-from ..store.model_files import load_model
+from ..store.model_files import load_model, trained_data
 from ..store.tracking import stage_run
 
 __all__ = ["PredictionsOutcome", "predictions_stage", "group_uris"]
@@ -61,8 +60,8 @@ def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutati
         a, b = group_uris(group_a, "group_a"), group_uris(group_b, "group_b")
         if set(a) & set(b):
             raise ValueError(f"groups share models {sorted(set(a) & set(b))}; the groups must be disjoint")
-        dataset, image_size = _one_dataset([*a, *b])
-        data = load_dataset(dataset, data_dir or None, image_size)
+        trained = trained_data([resolve_version(u).tags for u in [*a, *b]])
+        data = load_dataset(trained.dataset, data_dir or None, trained.image_size, stream=trained.streamed)
         with tempfile.TemporaryDirectory() as tmp:
             logits = [_cached_logits(u, resolve_device(device), data, run.info.run_id, Path(tmp) / c.LOGITS_DIR)
                       for u in [*a, *b]]
@@ -75,14 +74,6 @@ def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutati
                    "accuracy_b_mean": float(result.accuracy[len(a):].mean())}
         mlflow.log_metrics(metrics)
     return PredictionsOutcome(run.info.run_id, a, b, metrics)
-
-
-def _one_dataset(uris: Sequence[str]) -> tuple[str, int]:
-    """The dataset and image size (0: as stored) every model was trained on."""
-    trained = {(v.tags.get("dataset"), int(v.tags.get(c.IMAGE_SIZE, "0"))) for v in map(resolve_version, uris)}
-    if len(trained) != 1:
-        raise ValueError(f"the models were trained on different datasets or image sizes {sorted(trained, key=str)}")
-    return trained.pop()
 
 
 def _cached_logits(uri: str, device: torch.device, data: ImageData, run_id: str, out: Path) -> np.ndarray:

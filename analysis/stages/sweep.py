@@ -157,7 +157,7 @@ def _unfinished_cells(study: optuna.Study, grid: Grid) -> list[tuple[dict, set[T
 
 def search_objective(base: TrainConfig, parent_run_id: str, val_fraction: float) -> Callable[[optuna.Trial], float]:
     """lr and weight decay for one architecture, scored on a held-out part of the training subset."""
-    data = load_dataset(base.dataset, base.data_dir or None, base.image_size)
+    data = load_dataset(base.dataset, base.data_dir or None, base.image_size, stream=base.streamed)
 
     def objective(trial: optuna.Trial) -> float:
         config = dataclasses.replace(

@@ -87,7 +87,7 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     fingerprint = fingerprint_in_this_store(config, experiment_id)
     ckpt = checkpoints.checkpoint_path(fingerprint)
     checkpoints.check_writable(ckpt)  # before any data is read, not after the first epoch
-    data = load_dataset(config.dataset, config.data_dir or None, config.image_size)
+    data = load_dataset(config.dataset, config.data_dir or None, config.image_size, stream=config.streamed)
     log_training_data(data, config.data_fraction, subset_indices(data.train_y, config.data_fraction, config.subset_seed))
     if data.skipped_images:
         print(f"warning: {data.skipped_images} unreadable image(s) left out ({SKIP_BAD_IMAGES_ENV}); "

@@ -37,14 +37,36 @@ from safetensors.torch import load_file, save_file
 
 from torch import nn
 
+from ..config import STREAMED_ARCHS
 from ..nets import ModelConfig, build_model
-from .contract import LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, SNAPSHOT_DIR, model_uri
+from .contract import ARCH, IMAGE_SIZE, LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, SNAPSHOT_DIR, model_uri
 from .lookup import find_versions, resolve_version
 
-__all__ = ["LoadedModel", "register", "load_model", "write_model_files", "read_model_files", "build_with_weights",
+__all__ = ["LoadedModel", "TrainedData", "trained_data", "register", "load_model", "write_model_files", "read_model_files", "build_with_weights",
            "training_snapshots"]
 
 FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedData:
+    """How models' images are read to analyse or score them: as they were trained."""
+
+    dataset: str
+    image_size: int  # 0: as stored
+    streamed: bool  # the ImageNet family's folder stream (evaluation crops), else the in-memory tensors
+
+
+def trained_data(versions: list[dict[str, str]]) -> TrainedData:
+    """The one dataset, image size and pipeline that models (their version tags) were trained on;
+    models trained on different ones are refused, since they cannot be compared on one set."""
+    seen = {TrainedData(t.get("dataset", ""), int(t.get(IMAGE_SIZE, "0")), t.get(ARCH, "resnet") in STREAMED_ARCHS)
+            for t in versions}
+    if len(seen) > 1:
+        described = sorted(f"{d.dataset} at {d.image_size or 'stored size'}{' streamed' if d.streamed else ''}" for d in seen)
+        raise ValueError(f"the models were trained on different datasets, image sizes or pipelines {described}; "
+                         "analyse or compare them separately")
+    return seen.pop()
 
 
 @dataclasses.dataclass

@@ -4,8 +4,12 @@ Measured on this project's 2-core CPU (no GPU), real CIFAR-10 (JPEG copy), the `
 (ResNet-20, width 1, 2 epochs, otherwise the paper's recipe): see README "Measured".
 
 Why it looks the way it does:
-- The training subset lives on the device as uint8 and is augmented a batch at a time there
-  (data.augment): no DataLoader workers, no per-example Python.
+- The CIFAR family's training subset lives on the device as uint8 and is augmented a batch at a
+  time there (data.augment): no DataLoader workers, no per-example Python. The ImageNet family
+  streams its images through a DataLoader (batches.py).
+- Data-parallel processes (distributed.py) each take a slice of every global batch; the model is
+  wrapped in DistributedDataParallel, evaluation is split among them and summed, and rank 0 alone
+  writes checkpoints and snapshots and reports epochs.
 - Nothing in the step reads a value back to the host; loss and accuracy accumulate on the device
   and are read once per epoch (the progress bar's loss is read every 25 steps).
 - The data order and augmentation of epoch e come from a generator seeded with (seed, e), so a
@@ -35,14 +39,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..config import CLEAN_TRAIN_EVAL_MAX, TrainConfig
-from ..data import ImageData, augment, indices_hash, subset_indices
+from ..data import ImageData, Images, indices_hash, subset_indices, take
 from ..device import autocast, peak_flops, prepare_model, resolve_device
 from ..nets import ModelConfig, build_model, decayed_parameters, evaluate, penalised_layers, tapped
 from ..science.pca import batch_pc1_share
-from . import checkpoints
+from . import checkpoints, distributed
+from .batches import EpochBatches
 
-__all__ = ["TrainResult", "train", "cosine_lr", "use_channels_last", "step_flops_per_image"]
-
+__all__ = ["TrainResult", "train", "cosine_lr", "use_channels_last", "step_flops_per_image", "evaluate_shared"]
 
 
 @dataclasses.dataclass
@@ -80,8 +84,15 @@ def cosine_lr(step: int, total_steps: int, base_lr: float) -> float:
     return 0.5 * base_lr * (1 + math.cos(math.pi * step / total_steps))
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+def evaluate_shared(model: torch.nn.Module, images: Images, labels: torch.Tensor, batch_size: int,
+                    shard: distributed.Shard) -> dict[str, float]:
+    """evaluate() over the whole set, each data-parallel process scoring every world-th example."""
+    part = torch.arange(shard.rank, len(labels), shard.world)
+    scores = evaluate(model, take(images, part), labels[part], batch_size, bf16=True)
+    n = len(part)
+    device = next(model.parameters()).device
+    sums = distributed.sum_all(torch.tensor([scores["loss"] * n, scores["accuracy"] * n, n], dtype=torch.float64, device=device))
+    return {"loss": (sums[0] / sums[2]).item(), "accuracy": (sums[1] / sums[2]).item()}
 
 
 def train(
@@ -101,22 +112,25 @@ def train(
     `on_snapshot(epoch, model)` is called before training (epoch 0), every `snapshot_every`
     epochs and after the last. `progress=None` shows a bar on a terminal.
     """
-    device = resolve_device(config.device)
+    shard = distributed.current()
+    device = shard.device(resolve_device(config.device))
     subset = subset_indices(data.train_y, config.data_fraction, config.subset_seed)
     if config.val_fraction > 0:
         # Hyperparameter search scores a held-out part of the training subset, never the test set.
         held_out = subset[subset_indices(data.train_y[subset], config.val_fraction, config.subset_seed + 1)]
         subset = subset[~torch.isin(subset, held_out)]
-        score_x, score_y, score_name = data.train_x[held_out].to(device), data.train_y[held_out].to(device), "val"
+        score_x, score_y, score_name = take(data.train_x, held_out).to(device), data.train_y[held_out].to(device), "val"
     else:
         score_x, score_y, score_name = data.test_x.to(device), data.test_y.to(device), "test"
-    train_x, train_y = data.train_x[subset].to(device), data.train_y[subset].to(device)
     n = len(subset)
     if n < config.batch_size:
         raise ValueError(
             f"data_fraction={config.data_fraction} leaves {n} training examples, fewer than batch_size={config.batch_size}; "
             "raise data_fraction or lower batch_size"
         )
+    if config.batch_size % shard.world:
+        raise ValueError(f"batch_size={config.batch_size} does not split evenly among {shard.world} processes; "
+                         f"use a multiple of {shard.world}")
 
     torch.manual_seed(config.seed)
     model_config = config.model_config(data.num_classes)
@@ -129,6 +143,7 @@ def train(
         momentum=config.momentum,
     )
 
+    # Every rank restores the same checkpoint; rank 0 alone writes them.
     restored = checkpoints.restore(checkpoint, model, optimizer) if checkpoint is not None else None
     history: list[dict[str, float]] = restored["history"] if restored else []
     start_epoch = len(history)
@@ -137,7 +152,7 @@ def train(
             on_epoch(epoch, metrics)
 
     def snapshot_due(epoch: int) -> bool:
-        return on_snapshot is not None and config.snapshot_every > 0 and (
+        return on_snapshot is not None and shard.main and config.snapshot_every > 0 and (
             epoch % config.snapshot_every == 0 or epoch == config.epochs)
 
     if start_epoch == 0 and snapshot_due(0):
@@ -149,26 +164,27 @@ def train(
         if model.training:  # evaluation passes run through the same hooks
             captured[i] = out
 
+    train_x, train_y = take(data.train_x, subset), data.train_y[subset]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    batches = EpochBatches(train_x, train_y, config.batch_size, config.seed, shard, device, memory_format)
     peak = peak_flops(device)  # model FLOP utilisation is logged on GPUs of known peak
     flops_per_image = step_flops_per_image(model_config, tuple(train_x.shape[1:])) if peak else 0.0
-    forward = torch.compile(model) if config.compile else model  # shares the parameters of `model`
-    steps_per_epoch = n // config.batch_size  # the remainder is dropped; reshuffled every epoch
+    forward = model
+    if shard.world > 1:  # built after the restore: DDP broadcasts rank 0's weights as it wraps them
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(forward) if config.compile else forward  # shares the parameters of `model`
+    steps_per_epoch = batches.steps
     total_steps = config.epochs * steps_per_epoch
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     with tapped(model, penalised, keep_training_output):  # no layers, no hooks
         for epoch in range(start_epoch, config.epochs):
             model.train()
-            generator = epoch_generator(config.seed, epoch, device)
-            order = torch.randperm(n, device=device, generator=generator)
             loss_sum = torch.zeros((), device=device)
             share_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.int64)
             started = time.perf_counter()
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=_no_bar(progress), leave=False)
-            for step in bar:
-                batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-                x = augment(train_x[batch], generator).contiguous(memory_format=memory_format)
-                y = train_y[batch]
+            bar = tqdm(batches.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=_no_bar(progress) if shard.main else True, leave=False)
+            for step, (x, y) in enumerate(bar):
                 lr = cosine_lr(epoch * steps_per_epoch + step, total_steps, config.lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -179,11 +195,11 @@ def train(
                 if penalised:
                     share = torch.stack([batch_pc1_share(captured.pop(i)) for i in range(len(penalised))]).mean()
                     objective = loss + config.pc1_penalty * share
-                    share_sum += share.detach() * len(batch)
+                    share_sum += share.detach() * len(y)
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
                 optimizer.step()
-                loss_sum += loss.detach() * len(batch)
+                loss_sum += loss.detach() * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 if step % 25 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -191,6 +207,7 @@ def train(
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
             seen = steps_per_epoch * config.batch_size
+            loss_sum, share_sum, correct = distributed.sum_all(torch.stack([loss_sum, share_sum, correct.to(loss_sum.dtype)]))
             train_loss = loss_sum.item() / seen
             if not math.isfinite(train_loss):
                 raise FloatingPointError(
@@ -210,21 +227,21 @@ def train(
                 metrics["train_pc1_penalty"] = config.pc1_penalty * metrics["train_pc1_share"]
             # On small training subsets a full test pass can cost more than the epoch itself.
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-                scores = evaluate(model, score_x, score_y, config.eval_batch_size, bf16=True)
+                scores = evaluate_shared(model, score_x, score_y, config.eval_batch_size, shard)
                 metrics.update({f"{score_name}_loss": scores["loss"], f"{score_name}_accuracy": scores["accuracy"]})
             history.append(metrics)
             if snapshot_due(epoch + 1):
                 on_snapshot(epoch + 1, model)
-            if checkpoint is not None:
+            if checkpoint is not None and shard.main:
                 checkpoints.save(checkpoint, model, optimizer, {**(checkpoint_meta or {}), "history": history})
-            if on_epoch:
+            if on_epoch and shard.main:
                 on_epoch(epoch + 1, metrics)
 
     # Training accuracy without augmentation: the paper's block structure only means something
     # for models that fit their training set, so it is reported beside every analysis.
     # A strided sample, since the subset is in (often class-sorted) index order.
     stride = math.ceil(n / CLEAN_TRAIN_EVAL_MAX)
-    clean = evaluate(model, train_x[::stride], train_y[::stride], config.eval_batch_size, bf16=True)
+    clean = evaluate_shared(model, take(train_x, slice(None, None, stride)), train_y[::stride], config.eval_batch_size, shard)
     final = {
         f"{score_name}_accuracy": history[-1][f"{score_name}_accuracy"],  # the last epoch is always scored
         f"{score_name}_loss": history[-1][f"{score_name}_loss"],

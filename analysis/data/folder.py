@@ -1,0 +1,142 @@
+"""Images streamed from an ImageFolder tree: decoded when a batch is asked for, never all at once.
+
+The ImageNet family (arch=resnet50) reads its data this way, since 1.28 M decoded ImageNet images
+would not fit in memory; the CIFAR family keeps its decoded, on-device tensors (sources.py).
+
+- Decoding: torchvision.io (libjpeg-turbo, libpng, libwebp) into RGB, which also converts
+  grayscale, CMYK and palette images, and sniffs the format from the bytes, so a PNG named .jpg
+  reads as the PNG it is. What torchvision cannot decode (BMP, say) goes through PIL. A file
+  neither can read stops the work with one line naming it (UnreadableImage).
+- Evaluation view: the standard ImageNet protocol, the shorter side resized to size x 256/224
+  (antialiased) and the centre size x size crop.
+- Training view: RandomResizedCrop(size, scale 0.08 to 1, ratio 3/4 to 4/3) and a horizontal
+  flip, drawn from a generator seeded by (seed, epoch, index), so that a resumed run, and any
+  number of data-parallel processes, see exactly the crops of an uninterrupted single process.
+Pixels stay uint8 until they reach the device, as on the in-memory path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import RandomResizedCrop
+
+__all__ = ["FolderImages", "TrainingCrops", "UnreadableImage", "read_image", "evaluation_view", "training_view",
+           "take", "DEFAULT_SIZE"]
+
+DEFAULT_SIZE = 224  # the crop side of the ImageNet recipe (image_size=0)
+EVAL_RESIZE = 256 / 224  # the shorter side is resized to this x the crop side before the centre crop
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+class UnreadableImage(ValueError):
+    """A file of the data folder that no decoder can read; the message names it."""
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """The image at `path` as uint8 RGB (3, H, W)."""
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        pass  # a format torchvision does not decode, or a damaged file: PIL decides which
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # convert() reads the whole file: truncation shows here
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UnreadableImage(f"unreadable image {str(path)!r} ({reason}); remove or replace it") from None
+
+
+def evaluation_view(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Shorter side resized to round(size x 256/224), then the centre size x size crop."""
+    return TF.center_crop(TF.resize(image, [round(size * EVAL_RESIZE)], antialias=True), [size, size])
+
+
+def training_view(image: torch.Tensor, size: int, generator_seed: int) -> torch.Tensor:
+    """A random resized crop to size x size and a random flip, both drawn from `generator_seed`."""
+    with torch.random.fork_rng(devices=[]):  # torchvision draws crop parameters from the global generator
+        torch.manual_seed(generator_seed)
+        top, left, height, width = RandomResizedCrop.get_params(image, list(CROP_SCALE), list(CROP_RATIO))
+        flip = bool(torch.rand(()) < 0.5)
+    crop = TF.resized_crop(image, top, left, height, width, [size, size], antialias=True)
+    return crop.flip(-1) if flip else crop
+
+
+@cache
+def _decoders() -> ThreadPoolExecutor:
+    # Decoding releases the GIL, so threads use every core without pickling batches between processes.
+    return ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="decode")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderImages:
+    """Images of an ImageFolder split, read lazily at one size. Indexing with an int gives one
+    uint8 (3, size, size) image, with a slice, index tensor or array a uint8 (B, 3, size, size)
+    batch, decoded in parallel: enough of a uint8 tensor's interface for the forward-pass loop
+    (nets.stream), which asks for one batch at a time. `subset` selects without decoding."""
+
+    files: tuple[Path, ...]
+    size: int
+
+    dtype = torch.uint8
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.files), 3, self.size, self.size))
+
+    def subset(self, index: torch.Tensor | np.ndarray | Sequence[int] | slice) -> "FolderImages":
+        if isinstance(index, slice):
+            return dataclasses.replace(self, files=self.files[index])
+        index = np.asarray(index)
+        chosen = tuple(self.files[int(i)] for i in (np.flatnonzero(index) if index.dtype == bool else index.reshape(-1)))
+        return dataclasses.replace(self, files=chosen)
+
+    def __getitem__(self, key: int | slice | torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
+        if isinstance(key, (int, np.integer)):
+            return evaluation_view(read_image(self.files[key]), self.size)
+        files = self.subset(key).files
+        if not files:
+            return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
+        return torch.stack(list(_decoders().map(lambda f: evaluation_view(read_image(f), self.size), files)))
+
+    def to(self, _device: torch.device | str) -> "FolderImages":
+        """Stays on the host: batches move to the device as they are decoded (nets.as_input)."""
+        return self
+
+
+def take(images: torch.Tensor | FolderImages, index: torch.Tensor | slice) -> torch.Tensor | FolderImages:
+    """images[index] for a tensor; for streamed images, the selection, still undecoded."""
+    return images.subset(index) if isinstance(images, FolderImages) else images[index]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingCrops(torch.utils.data.Dataset):
+    """The training view of streamed images for a DataLoader. An item is asked for as (index,
+    epoch), so the crop depends on the example and the epoch, never on the worker that decodes it."""
+
+    images: FolderImages
+    labels: torch.Tensor
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, epoch = key
+        item_seed = (self.seed * 1_000_003 + epoch) * 100_000_007 + index
+        return training_view(read_image(self.images.files[index]), self.images.size, item_seed), self.labels[index]

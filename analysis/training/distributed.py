@@ -1,0 +1,101 @@
+"""Data-parallel training on PyTorch's own engine: DistributedDataParallel in processes that
+torchrun starts (`train -P nproc=N` on one machine; torchrun itself across machines).
+
+- `launch` runs torchrun for N local processes and returns its exit status. The launching
+  process holds the MLflow run meanwhile, so the run ends FAILED whichever rank dies, even by
+  SIGKILL (torchrun then stops the others and exits non-zero).
+- Every rank builds the same model from the same seed, reads the same checkpoint on resume and
+  takes its own slice of every global batch (`Shard.rows`); DDP averages the gradients, so a
+  step is the step of one process on the global batch, except that BatchNorm normalises each
+  rank's slice by its own statistics (as torchvision's ImageNet recipe does). Rank 0 alone
+  writes checkpoints and snapshots, logs and registers.
+- Backends: NCCL on CUDA, gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Shard", "current", "in_worker", "init", "close", "sum_all", "broadcast", "launch"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's place among the data-parallel processes."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, global_batch: int) -> slice:
+        """This rank's slice of a global batch (the batch size divides by the world size)."""
+        per_rank = global_batch // self.world
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def device(self, device: torch.device) -> torch.device:
+        """The device of this rank: its own GPU on CUDA (torchrun's LOCAL_RANK)."""
+        return torch.device("cuda", self.local_rank) if device.type == "cuda" and self.world > 1 else device
+
+
+def current() -> Shard:
+    """From torchrun's environment; one process alone is rank 0 of 1."""
+    env = os.environ
+    return Shard(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def in_worker() -> bool:
+    """Whether this process was started by torchrun."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ
+
+
+def init(device: torch.device) -> Shard:
+    """Join the process group of a torchrun launch (no-op for a single process). A SIGTERM, which
+    torchrun sends the surviving ranks when one fails, becomes an exception, so the rank's MLflow
+    run, if it holds one, ends FAILED rather than RUNNING."""
+    shard = current()
+    if shard.world > 1 and not dist.is_initialized():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        if device.type == "cuda":
+            torch.cuda.set_device(shard.local_rank)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return shard
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_all(values: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of a tensor every rank holds (the tensor itself with one process)."""
+    if dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's `value` on every rank (picklable objects)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def launch(nproc: int, module: str, argv: list[str], env: dict[str, str]) -> int:
+    """`torchrun --standalone --nproc_per_node nproc -m module argv`, with `env` added to the
+    environment; returns its exit status (non-zero when any rank failed)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module, *argv]
+    return subprocess.run(command, env={**os.environ, **env}).returncode
