@@ -53,6 +53,12 @@ def run_main(main: Callable[[], None]) -> int:
     return 0
 
 
+def as_argv(args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """Parsed arguments back as a command line that parses to the same values (every parameter of
+    these entry points is a `--name value` pair), those named in `leave_out` left to their defaults."""
+    return [part for name, value in vars(args).items() if name not in leave_out for part in (f"--{name}", str(value))]
+
+
 def require(ok: bool, name: str, value: object, allowed: str) -> None:
     """Refuse a parameter in the project's one-line form: name, value, what is allowed."""
     if not ok:

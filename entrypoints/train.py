@@ -6,9 +6,11 @@ import argparse
 import sys
 
 from analysis.config import TrainConfig
-from analysis.stages.train import train_stage
+from analysis.device import resolve_device
+from analysis.stages.train import follow_stage, launch_stage, train_stage
 from analysis.store.contract import NEWEST_ALIAS
-from entrypoints.common import Parser, add_training_args, check_where, number, run_main, training_settings, whole_number
+from analysis.training import distributed
+from entrypoints.common import Parser, add_training_args, as_argv, check_where, number, require, run_main, training_settings, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,6 +22,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=whole_number, default=d.seed)
     p.add_argument("--data_fraction", type=number, default=d.data_fraction)
     p.add_argument("--subset_seed", type=whole_number, default=d.subset_seed)
+    p.add_argument("--nproc", type=whole_number, default=1,
+                   help="data-parallel processes on this machine, started by torchrun (one per GPU; gloo on the CPU); "
+                        "under your own torchrun it is ignored")
     add_training_args(p)
     return p
 
@@ -32,7 +37,19 @@ def main(args: argparse.Namespace) -> None:
     config = TrainConfig(depth=args.depth, width=args.width, seed=args.seed, data_fraction=args.data_fraction,
                          subset_seed=args.subset_seed, **training_settings(args))
     check_where(config.device, config.data_dir)
-    outcome = train_stage(config, params=vars(args))
+    require(args.nproc >= 1, "nproc", args.nproc, "an integer >= 1 (1: one process)")
+    if args.nproc > 1 and not distributed.in_worker():
+        # The processes learn their number from torchrun; --nproc itself would clash with torchrun's --nproc-per-node.
+        launch_stage(config, args.nproc, __spec__.name, as_argv(args, leave_out=("nproc",)))
+        return
+    shard = distributed.init(resolve_device(config.device))
+    try:
+        if not shard.main:
+            follow_stage(config)
+            return
+        outcome = train_stage(config, params={**vars(args), "nproc": shard.world})
+    finally:
+        distributed.close()
     print(f"registered {outcome.uri} (alias @{NEWEST_ALIAS}): test accuracy {outcome.result.final['test_accuracy']:.4f}, "
           f"train accuracy {outcome.result.final['train_accuracy_clean']:.4f}")
 

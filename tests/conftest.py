@@ -40,6 +40,37 @@ def make_image_folder(root: Path) -> Path:
     return root
 
 
+def make_mixed_folder(root: Path, per_class: tuple[int, int] = (12, 4), classes: int = 3) -> Path:
+    """A small ImageFolder (train/ and val/) in the shapes real folders come in: JPEGs of varied
+    sizes, grayscale and CMYK JPEGs, an RGBA PNG, a PNG saved under .jpg and a BMP. Each class is a
+    colour, so a model can learn it."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    modes = ["RGB", "L", "CMYK", "RGBA", "png-as-jpg", "bmp"]
+    for split, count in zip(("train", "val"), per_class):
+        for c in range(classes):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):
+                h, w = rng.integers(48, 120, 2)
+                pixels = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+                pixels[..., c % 3] += 170
+                image = Image.fromarray(pixels)
+                mode = modes[i % len(modes)]
+                path = root / split / f"class{c}" / f"{i:03d}.{'bmp' if mode == 'bmp' else 'png' if mode == 'RGBA' else 'jpg'}"
+                if mode in ("L", "CMYK", "RGBA"):
+                    image.convert(mode).save(path)
+                else:
+                    image.save(path, format="PNG" if mode == "png-as-jpg" else None)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mixed_folder(tmp_path_factory) -> Path:
+    return make_mixed_folder(tmp_path_factory.mktemp("data") / "folder")
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("data") / "cifar10")

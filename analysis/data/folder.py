@@ -13,12 +13,17 @@ would not fit in memory; the CIFAR family keeps its decoded, on-device tensors (
   flip, drawn from a generator seeded by (seed, epoch, index), so that a resumed run, and any
   number of data-parallel processes, see exactly the crops of an uninterrupted single process.
 Pixels stay uint8 until they reach the device, as on the in-memory path.
+
+torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec's; they are kept
+here because they are what every supported torchvision has (0.26 on the GPU machines measured),
+and the warning, which torchvision repeats at every call, is silenced.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -37,6 +42,8 @@ DEFAULT_SIZE = 224  # the crop side of the ImageNet recipe (image_size=0)
 EVAL_RESIZE = 256 / 224  # the shorter side is resized to this x the crop side before the centre crop
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+                        category=DeprecationWarning)
 
 
 class UnreadableImage(ValueError):

@@ -1,6 +1,10 @@
 """The train stage: one training as an MLflow run that resumes or starts, logs every epoch and
 registers the result. `train` (one model), `sweep` (one model per grid cell) and `study` all go
 through `train_stage`, so they checkpoint, resume, log and register in exactly the same way.
+
+Data-parallel (training/distributed.py): `launch_stage` holds the run while torchrun's processes
+train; rank 0 runs `train_stage` in that run and tells the others which checkpoint to resume
+from; the others run `follow_stage`, which trains beside it and records nothing.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import uuid
+from pathlib import Path
 from typing import Callable
 
 import mlflow
@@ -21,9 +26,9 @@ from ..store import model_files
 from ..store.datasets import log_training_data
 from ..store.tracking import log_params_once, mark_dead_run, stage_run
 from ..training import TrainResult, train
-from ..training import checkpoints
+from ..training import checkpoints, distributed
 
-__all__ = ["TrainOutcome", "train_stage", "registered_version", "cell_label"]
+__all__ = ["TrainOutcome", "train_stage", "follow_stage", "launch_stage", "registered_version", "cell_label"]
 
 
 @dataclasses.dataclass
@@ -87,6 +92,7 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     fingerprint = fingerprint_in_this_store(config, experiment_id)
     ckpt = checkpoints.checkpoint_path(fingerprint)
     checkpoints.check_writable(ckpt)  # before any data is read, not after the first epoch
+    distributed.broadcast(str(ckpt))  # the other ranks resume from the same file (a shared cache across machines)
     data = load_dataset(config.dataset, config.data_dir or None, config.image_size, stream=config.streamed)
     log_training_data(data, config.data_fraction, subset_indices(data.train_y, config.data_fraction, config.subset_seed))
     if data.skipped_images:
@@ -141,3 +147,22 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     mlflow.set_tags({c.REGISTERED_MODEL: name, c.MODEL_VERSION: str(version.version)})
     checkpoints.remove(ckpt)  # the registry now holds the model; a rerun trains anew
     return result, version
+
+
+def follow_stage(config: TrainConfig) -> None:
+    """A data-parallel rank other than 0: trains its share beside rank 0, which logs and registers."""
+    ckpt = Path(distributed.broadcast(None))
+    data = load_dataset(config.dataset, config.data_dir or None, config.image_size, stream=config.streamed)
+    train(config, data, checkpoint=ckpt, progress=False)
+
+
+def launch_stage(config: TrainConfig, nproc: int, module: str, argv: list[str]) -> None:
+    """Train with `nproc` local processes (torchrun) in one MLflow run, which this process holds:
+    rank 0 logs and registers in it; if any process fails, the run ends FAILED here, nothing is
+    registered, and a rerun resumes from rank 0's last checkpoint."""
+    with stage_run("train", f"train-{cell_label(config)}") as run:
+        env = {"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+        status = distributed.launch(nproc, module, argv, env)
+        if status:
+            raise RuntimeError(f"a training process failed (torchrun exit status {status}; its error is above); "
+                               "nothing was registered, and rerunning the same command resumes from the last checkpoint")
