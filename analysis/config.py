@@ -4,8 +4,11 @@ options, the thresholds that turn numbers into findings, the sweep grid and the 
 The paper's CIFAR recipe (Nguyen, Raghu & Kornblith, 2021): SGD with momentum 0.9, lr 0.01 with
 cosine decay to 0, batch 128, L2 1e-4 on conv and dense kernels (weight_decay 2e-4 in PyTorch's
 convention, since Keras adds lambda * ||w||^2 to the loss and its gradient is 2 * lambda * w),
-300 epochs, reflect-pad-4 crops and flips, inputs in [0, 1]. Only the epoch count differs between
-the training presets: `quick` finishes a ResNet-20 on the full training set in minutes on 2 cores.
+300 epochs, reflect-pad-4 crops and flips, inputs in [0, 1]. The CIFAR presets differ only in
+epochs: `quick` finishes a ResNet-20 on the full training set in minutes on 2 cores. `imagenet`
+is the paper's ImageNet recipe for the ResNet-50 family: 120 epochs, batch 256, lr 0.1 with
+cosine decay, weight decay 1e-4 (the standard ResNet-50 value, already in PyTorch's convention:
+TensorFlow's l2_loss halves the square), streamed 224-pixel crops.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .data import DATASETS
 from .nets import ModelConfig, penalised_layers
 
 __all__ = [
-    "PRESET_EPOCHS", "STREAMED_ARCHS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_epochs", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
+    "TRAIN_PRESETS", "PRESET_FIELDS", "FAMILY_DEPTH", "STREAMED_ARCHS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_preset", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
     "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "PROBE_MEMORY_BYTES", "FITS_TRAINING_SET",
     "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
@@ -34,7 +37,13 @@ def _check(obj, checks: list[tuple[bool, str, str]]) -> None:
 
 
 # --- training -------------------------------------------------------------------------------
-PRESET_EPOCHS = {"quick": 2, "paper": 300}
+TRAIN_PRESETS: dict[str, dict] = {
+    "quick": {"epochs": 2},
+    "paper": {"epochs": 300},
+    "imagenet": {"epochs": 120, "batch_size": 256, "lr": 0.1, "weight_decay": 1e-4, "arch": "resnet50", "dataset": "imagenet"},
+}
+FAMILY_DEPTH = {"resnet": 20, "resnet50": 50}  # the depth a family trains at when none is given
+PRESET_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "arch", "dataset")  # what a preset may set
 STREAMED_ARCHS = ("resnet50",)  # families trained on streamed ImageFolder images with the ImageNet crops (data/folder.py)
 DEVICES = ("auto", "cpu", "cuda")
 CLEAN_TRAIN_EVAL_MAX = 10_000  # training examples scored without augmentation at the end (train_accuracy)
@@ -46,7 +55,7 @@ class TrainConfig:
     width: float = 1.0
     seed: int = 0
     data_fraction: float = 1.0
-    epochs: int = PRESET_EPOCHS["quick"]
+    epochs: int = TRAIN_PRESETS["quick"]["epochs"]
     batch_size: int = 128
     lr: float = 0.01
     momentum: float = 0.9
@@ -113,13 +122,15 @@ class TrainConfig:
         return hashlib.sha256(json.dumps([fields, *extra], sort_keys=True).encode()).hexdigest()[:20]
 
 
-def resolve_epochs(preset: str, epochs: int) -> int:
-    """`epochs` if given (> 0), else the preset's count."""
-    if preset not in PRESET_EPOCHS:
-        raise ValueError(f"preset={preset!r} is unknown; use one of {', '.join(PRESET_EPOCHS)}")
-    if epochs < 0:
-        raise ValueError(f"epochs={epochs!r} is not allowed; use an integer >= 1, or 0 for the preset's count")
-    return epochs if epochs > 0 else PRESET_EPOCHS[preset]
+def resolve_preset(preset: str, given: dict) -> dict:
+    """TrainConfig fields from `given` (None: not given), a missing one from the preset, else left
+    to TrainConfig's default."""
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"preset={preset!r} is unknown; use one of {', '.join(TRAIN_PRESETS)}")
+    if given.get("epochs") is not None and given["epochs"] < 0:
+        raise ValueError(f"epochs={given['epochs']!r} is not allowed; use an integer >= 1, or 0 for the preset's count")
+    chosen = {k: v for k, v in given.items() if v is not None and not (k == "epochs" and v == 0)}
+    return {**TRAIN_PRESETS[preset], **chosen}
 
 
 # --- analysis -------------------------------------------------------------------------------

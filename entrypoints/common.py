@@ -16,10 +16,9 @@ from typing import Callable, NoReturn
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
-from analysis.config import PRESET_EPOCHS, TrainConfig, resolve_epochs
+from analysis.config import PRESET_FIELDS, TRAIN_PRESETS, TrainConfig, resolve_preset
 from analysis.data import DATASETS, check_data_dir
 from analysis.device import resolve_device
-from analysis.nets import ARCHS
 from analysis.store.tracking import fail_run, first_line
 
 # Errors that mean "bad input, bad data or an unusable store": reported in one line, no traceback
@@ -55,8 +54,10 @@ def run_main(main: Callable[[], None]) -> int:
 
 def as_argv(args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> list[str]:
     """Parsed arguments back as a command line that parses to the same values (every parameter of
-    these entry points is a `--name value` pair), those named in `leave_out` left to their defaults."""
-    return [part for name, value in vars(args).items() if name not in leave_out for part in (f"--{name}", str(value))]
+    these entry points is a `--name value` pair), those named in `leave_out` left to their defaults;
+    a setting left to the preset (None) is given as auto again."""
+    return [part for name, value in vars(args).items() if name not in leave_out
+            for part in (f"--{name}", "auto" if value is None else str(value))]
 
 
 def require(ok: bool, name: str, value: object, allowed: str) -> None:
@@ -84,6 +85,16 @@ def unless(*words: str) -> Callable[[str], str]:
 
 
 AUTO = unless("auto", "")  # derived when not given: a data folder, a storage, a name
+
+
+def auto_or(kind: Callable[[str], object]) -> Callable[[str], object]:
+    """argparse type for a setting a preset may choose: 'auto' (MLproject's default) gives None."""
+
+    def parse(text: str) -> object:
+        return None if text.strip() in ("auto", "") else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its errors
+    return parse
 
 
 def whole_number(text: str) -> int:
@@ -117,16 +128,19 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 def add_training_args(p: argparse.ArgumentParser) -> None:
     """The training settings that `train` and `sweep` share (defaults: analysis.config)."""
     d = TrainConfig()
-    p.add_argument("--preset", default="quick", choices=sorted(PRESET_EPOCHS))
-    p.add_argument("--arch", default=d.arch, choices=ARCHS,
+    p.add_argument("--preset", default="quick", choices=sorted(TRAIN_PRESETS),
+                   help="quick, paper: the CIFAR recipe at 2 or 300 epochs; imagenet: the ResNet-50 family's recipe "
+                        "(what you leave at auto comes from it)")
+    p.add_argument("--arch", type=auto_or(str), default="auto",
                    help="resnet: the CIFAR family; resnet50: the ImageNet ResNet-50 family (depth and width scale stage 3)")
-    p.add_argument("--image_size", type=whole_number, default=d.image_size, help="resize images to this side (0: as stored)")
+    p.add_argument("--image_size", type=whole_number, default=d.image_size,
+                   help="resize images to this side (0: as stored; the resnet50 family: its crop side, 0: 224)")
     p.add_argument("--epochs", type=whole_number, default=0, help="0: the preset's count")
-    p.add_argument("--batch_size", type=whole_number, default=d.batch_size)
-    p.add_argument("--lr", type=number, default=d.lr)
+    p.add_argument("--batch_size", type=auto_or(whole_number), default="auto", help="global batch (auto: the preset's, else 128)")
+    p.add_argument("--lr", type=auto_or(number), default="auto", help="auto: the preset's, else 0.01")
     p.add_argument("--momentum", type=number, default=d.momentum)
-    p.add_argument("--weight_decay", type=number, default=d.weight_decay)
-    p.add_argument("--dataset", default=d.dataset)
+    p.add_argument("--weight_decay", type=auto_or(number), default="auto", help="auto: the preset's, else 2e-4")
+    p.add_argument("--dataset", type=auto_or(str), default="auto", help="auto: the preset's, else cifar10")
     add_data_dir(p)
     p.add_argument("--device", default=d.device)
     p.add_argument("--eval_every", type=whole_number, default=d.eval_every, help="epochs between test evaluations")
@@ -140,11 +154,15 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
 
 
 def training_settings(args: argparse.Namespace) -> dict:
-    """TrainConfig fields from the arguments of add_training_args."""
+    """TrainConfig fields from the arguments of add_training_args, the preset filling what was left at auto."""
+    recipe = resolve_preset(args.preset, {k: getattr(args, k) for k in PRESET_FIELDS})
     return {
-        "epochs": resolve_epochs(args.preset, args.epochs), "batch_size": args.batch_size, "lr": args.lr,
-        "momentum": args.momentum, "weight_decay": args.weight_decay, "dataset": args.dataset, "data_dir": args.data_dir,
-        "device": args.device, "eval_every": args.eval_every, "compile": args.compile == "true",
-        "snapshot_every": args.snapshot_every, "pc1_penalty": args.pc1_penalty, "pc1_penalty_layers": args.pc1_penalty_layers,
-        "arch": args.arch, "image_size": args.image_size,
+        **recipe, "momentum": args.momentum, "data_dir": args.data_dir, "device": args.device, "eval_every": args.eval_every,
+        "compile": args.compile == "true", "snapshot_every": args.snapshot_every, "pc1_penalty": args.pc1_penalty,
+        "pc1_penalty_layers": args.pc1_penalty_layers, "image_size": args.image_size,
     }
+
+
+def settings_params(config: TrainConfig) -> dict:
+    """The preset-resolved settings as run params (what was given as auto is logged as chosen)."""
+    return {k: getattr(config, k) for k in PRESET_FIELDS}

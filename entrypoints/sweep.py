@@ -14,7 +14,7 @@ import sys
 from analysis.config import Grid, TrainConfig
 from analysis.store.studies import DEFAULT_STORAGE, STORAGE_ENV, storage_url
 from analysis.stages.sweep import MODES, WORKER_PARENT_ENV, default_study_name, sweep_stage, work
-from entrypoints.common import AUTO, Parser, add_training_args, check_where, number, require, run_main, training_settings, whole_number
+from entrypoints.common import AUTO, Parser, add_training_args, settings_params, check_where, number, require, run_main, training_settings, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,8 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    grid = Grid.parse(args.depths, args.widths, args.seeds, args.data_fractions, args.arch)
-    base = TrainConfig(depth=grid.depths[0], width=grid.widths[0], data_fraction=grid.data_fractions[0], **training_settings(args))
+    settings = training_settings(args)
+    grid = Grid.parse(args.depths, args.widths, args.seeds, args.data_fractions, settings.get("arch", "resnet"))
+    base = TrainConfig(depth=grid.depths[0], width=grid.widths[0], data_fraction=grid.data_fractions[0], **settings)
     check_where(base.device, base.data_dir)
     require(args.workers >= 1, "workers", args.workers, "an integer >= 1")
     if args.mode == "search":
@@ -54,7 +55,7 @@ def main(args: argparse.Namespace) -> None:
         work(args.mode, grid, base, url, name, parent, args.n_trials, args.val_fraction)
         return
     sweep_stage(args.mode, grid, base, url, name, args.workers, args.n_trials, args.val_fraction,
-                params={k: v for k, v in vars(args).items() if k != "storage"})
+                params={**{k: v for k, v in vars(args).items() if k != "storage"}, **settings_params(base)})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Callable
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
-from ..config import TrainConfig
+from ..config import PRESET_FIELDS, TrainConfig
 from ..data import SKIP_BAD_IMAGES_ENV, load_dataset, subset_indices
 from ..store import contract as c
 from ..store.lookup import find_versions, registered_name, tag_value
@@ -79,7 +79,9 @@ def train_stage(config: TrainConfig, params: dict | None = None, parent_run_id: 
         if on_run:
             on_run(run.info.run_id)
         log_params_once({**dataclasses.asdict(config), **(params or {})})
-        log_params_once({"epochs_resolved": config.epochs})
+        # `mlflow run` logged what it was given: settings left to the preset also get their values.
+        given = mlflow.get_run(run.info.run_id).data.params
+        log_params_once({f"{k}_resolved": getattr(config, k) for k in PRESET_FIELDS if given.get(k) in ("auto", "0")})
         if tags:
             mlflow.set_tags(tags)
         result, version = _train_and_register(config, run.info.run_id, run.info.experiment_id, progress)
