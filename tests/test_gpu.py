@@ -73,3 +73,14 @@ def test_bf16_activations_stay_close_to_float32():
     full = model_cka([model], [names], images, labels, batch_size=50, passes=1, progress=False).within(0)
     half = model_cka([model], [names], images, labels, batch_size=50, passes=1, progress=False, bf16=True).within(0)
     assert np.abs(half - full).max() < 0.05  # measured and reported by benchmarks/precision.py
+
+
+def test_the_imagenet_family_streams_trains_and_is_analysed_on_the_device(store, mixed_folder):
+    """The streamed path: DataLoader workers, pinned memory and non-blocking copies to the device."""
+    assert entry(train, "--arch", "resnet50", "--width", "0.25", "--image_size", "64", "--dataset", "imagefolder",
+                 "--data_dir", str(mixed_folder), "--epochs", "2", "--batch_size", "12", "--device", DEVICE) == 0
+    assert entry(analyze, "--models", "models:/imagefolder-resnet50-d50-w0.25@newest", "--data_dir", str(mixed_folder),
+                 "--layers", "blocks", "--analyses", "cka,pc,dominant", "--num_examples", "12", "--batch_size", "6",
+                 "--passes", "2", "--dominant_top", "2", "--device", DEVICE) == 0
+    [trained] = [r for r in runs_of("train", "FINISHED") if r.data.params["arch"] == "resnet50"]
+    assert trained.data.params["device"] == DEVICE and trained.data.metrics["images_per_sec"] > 0

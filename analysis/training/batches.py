@@ -46,6 +46,7 @@ class EpochBatches:
         self.labels = labels if self.streamed else labels.to(device)
         self.batch_size, self.seed, self.shard, self.device, self.memory_format = batch_size, seed, shard, device, memory_format
         self.steps = len(labels) // batch_size
+        self.workers = loader_workers(shard)  # streamed only: decoding processes
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.streamed:
@@ -64,7 +65,7 @@ class EpochBatches:
         rows = self.shard.rows(self.batch_size)
         batches = [[(int(i), epoch) for i in order[s * self.batch_size : (s + 1) * self.batch_size][rows]] for s in range(self.steps)]
         loader = torch.utils.data.DataLoader(TrainingCrops(self.images, self.labels, self.seed), batch_sampler=batches,
-                                             num_workers=loader_workers(self.shard), pin_memory=self.device.type == "cuda")
+                                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
         try:
             for x, y in loader:
                 x = to_float(x.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)

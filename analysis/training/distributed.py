@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["Shard", "current", "in_worker", "init", "close", "sum_all", "broadcast", "launch"]
+__all__ = ["Shard", "current", "in_worker", "init", "close", "sum_all", "share_buffers", "broadcast", "launch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +83,14 @@ def sum_all(values: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(values)
     return values
+
+
+def share_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank: each rank's last batches
+    moved its own, and evaluation must score the model rank 0 registers."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def broadcast(value: Any) -> Any:

@@ -86,7 +86,9 @@ def cosine_lr(step: int, total_steps: int, base_lr: float) -> float:
 
 def evaluate_shared(model: torch.nn.Module, images: Images, labels: torch.Tensor, batch_size: int,
                     shard: distributed.Shard) -> dict[str, float]:
-    """evaluate() over the whole set, each data-parallel process scoring every world-th example."""
+    """evaluate() over the whole set, each data-parallel process scoring every world-th example
+    with rank 0's BatchNorm statistics."""
+    distributed.share_buffers(model)
     part = torch.arange(shard.rank, len(labels), shard.world)
     scores = evaluate(model, take(images, part), labels[part], batch_size, bf16=True)
     n = len(part)
