@@ -31,6 +31,9 @@ def test_mlflow_run_trains_registers_and_loads_back(store, tiny_data):
     assert run.info.status == "FINISHED"
     assert run.data.params["depth"] == "8" and run.data.params["train_size"] == "300"
     assert "''" not in run.data.params.values() and run.data.params["data_dir"] == "auto"  # never the literal ''
+    # What was left at auto is logged as resolved (the quick preset's CIFAR recipe).
+    assert (run.data.params["arch"], run.data.params["arch_resolved"], run.data.params["weight_decay_resolved"]) == \
+        ("auto", "resnet", "0.0002")
     assert run.info.run_name == "train-d8-w0.25-s0-f1"
     history = client.get_metric_history(run.info.run_id, "test_accuracy")
     # One point per epoch, and the final score once more as the registered model's own metric.

@@ -81,7 +81,7 @@ def train_stage(config: TrainConfig, params: dict | None = None, parent_run_id: 
         log_params_once({**dataclasses.asdict(config), **(params or {})})
         # `mlflow run` logged what it was given: settings left to the preset also get their values.
         given = mlflow.get_run(run.info.run_id).data.params
-        log_params_once({f"{k}_resolved": getattr(config, k) for k in PRESET_FIELDS if given.get(k) in ("auto", "0")})
+        log_params_once({f"{k}_resolved": getattr(config, k) for k in (*PRESET_FIELDS, "depth") if given.get(k) in ("auto", "0")})
         if tags:
             mlflow.set_tags(tags)
         result, version = _train_and_register(config, run.info.run_id, run.info.experiment_id, progress)
