@@ -115,11 +115,14 @@ class FolderImages:
 
     def __getitem__(self, key: int | slice | torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
         if isinstance(key, (int, np.integer)):
-            return evaluation_view(read_image(self.files[key]), self.size)
+            return self._view(self.files[key])
         files = self.subset(key).files
         if not files:
             return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
-        return torch.stack(list(_decoders().map(lambda f: evaluation_view(read_image(f), self.size), files)))
+        return torch.stack(list(_decoders().map(self._view, files)))
+
+    def _view(self, path: Path) -> torch.Tensor:
+        return evaluation_view(read_image(path), self.size)
 
     def to(self, _device: torch.device | str) -> "FolderImages":
         """Stays on the host: batches move to the device as they are decoded (nets.as_input)."""
@@ -134,16 +137,15 @@ def take(images: torch.Tensor | FolderImages, index: torch.Tensor | slice) -> to
 @dataclasses.dataclass(frozen=True)
 class TrainingCrops(torch.utils.data.Dataset):
     """The training view of streamed images for a DataLoader. An item is asked for as (index,
-    epoch), so the crop depends on the example and the epoch, never on the worker that decodes it."""
+    epoch seed), so the crop depends on the example and the epoch, never on the worker that decodes it."""
 
     images: FolderImages
     labels: torch.Tensor
-    seed: int
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index, epoch = key
-        item_seed = (self.seed * 1_000_003 + epoch) * 100_000_007 + index
-        return training_view(read_image(self.images.files[index]), self.images.size, item_seed), self.labels[index]
+        index, epoch_seed = key
+        crop = training_view(read_image(self.images.files[index]), self.images.size, epoch_seed * 100_000_007 + index)
+        return crop, self.labels[index]

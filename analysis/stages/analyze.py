@@ -50,8 +50,7 @@ from ..store.lookup import tag_value
 from ..store.model_files import LoadedModel, TrainedData, build_with_weights, load_model, trained_data, training_snapshots
 from ..store.tracking import stage_run
 
-__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "example_indices", "check_dataset",
-]
+__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "example_indices", "check_dataset"]
 
 HISTORY_ANALYSES = ("cka", "pc", "dominant")  # what each training snapshot gets; probes and deletion are left to the final model
 

@@ -20,13 +20,18 @@ import torch
 from ..data import FolderImages, Images, TrainingCrops, UnreadableImage, augment, to_float
 from .distributed import Shard
 
-__all__ = ["EpochBatches", "epoch_generator", "loader_workers"]
+__all__ = ["EpochBatches", "epoch_seed", "epoch_generator", "loader_workers"]
 
 LOADER_WORKERS_MAX = 8  # decoding processes per rank; more rarely helps a single GPU
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's example order and augmentation."""
+    return seed * 1_000_003 + epoch
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch))
 
 
 def loader_workers(shard: Shard) -> int:
@@ -63,8 +68,9 @@ class EpochBatches:
     def _streamed(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.labels), generator=epoch_generator(self.seed, epoch, torch.device("cpu")))
         rows = self.shard.rows(self.batch_size)
-        batches = [[(int(i), epoch) for i in order[s * self.batch_size : (s + 1) * self.batch_size][rows]] for s in range(self.steps)]
-        loader = torch.utils.data.DataLoader(TrainingCrops(self.images, self.labels, self.seed), batch_sampler=batches,
+        key = epoch_seed(self.seed, epoch)
+        batches = [[(int(i), key) for i in order[s * self.batch_size : (s + 1) * self.batch_size][rows]] for s in range(self.steps)]
+        loader = torch.utils.data.DataLoader(TrainingCrops(self.images, self.labels), batch_sampler=batches,
                                              num_workers=self.workers, pin_memory=self.device.type == "cuda")
         try:
             for x, y in loader:
