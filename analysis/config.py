@@ -19,21 +19,29 @@ import itertools
 import json
 import math
 
-from .data import DATASETS
-from .nets import ModelConfig, penalised_layers
-
 __all__ = [
-    "TRAIN_PRESETS", "PRESET_FIELDS", "FAMILY_DEPTH", "STREAMED_ARCHS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_preset", "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
+    "short_number", "require", "TRAIN_PRESETS", "PRESET_FIELDS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_preset",
+    "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
     "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "PROBE_MEMORY_BYTES", "FITS_TRAINING_SET",
     "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
 
 
+def short_number(value: float) -> str:
+    """How widths and data fractions are written in names, tags and labels: 1.0 -> '1', 0.25 -> '0.25'."""
+    return f"{value:g}"
+
+
+def require(ok: bool, name: str, value: object, allowed: str) -> None:
+    """Refuse a setting in the project's one-line form: its name, its value, what is allowed."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed; use {allowed}")
+
+
 def _check(obj, checks: list[tuple[bool, str, str]]) -> None:
-    """Raise for the first failed check, naming the field, its value and what is allowed."""
+    """Refuse the first failed check of a dataclass's fields."""
     for ok, name, allowed in checks:
-        if not ok:
-            raise ValueError(f"{name}={getattr(obj, name)!r} is not allowed; use {allowed}")
+        require(ok, name, getattr(obj, name), allowed)
 
 
 # --- training -------------------------------------------------------------------------------
@@ -42,15 +50,17 @@ TRAIN_PRESETS: dict[str, dict] = {
     "paper": {"epochs": 300},
     "imagenet": {"epochs": 120, "batch_size": 256, "lr": 0.1, "weight_decay": 1e-4, "arch": "resnet50", "dataset": "imagenet"},
 }
-FAMILY_DEPTH = {"resnet": 20, "resnet50": 50}  # the depth a family trains at when none is given
 PRESET_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "arch", "dataset")  # what a preset may set
-STREAMED_ARCHS = ("resnet50",)  # families trained on streamed ImageFolder images with the ImageNet crops (data/folder.py)
 DEVICES = ("auto", "cpu", "cuda")
 CLEAN_TRAIN_EVAL_MAX = 10_000  # training examples scored without augmentation at the end (train_accuracy)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """Everything a training is given. The values are checked here; whether the family (arch),
+    its depth and width, the dataset and the penalised layers exist is checked with them
+    (training.settings.check), since this module imports nothing of the project."""
+
     depth: int = 20
     width: float = 1.0
     seed: int = 0
@@ -72,11 +82,10 @@ class TrainConfig:
     snapshot_every: int = 0  # > 0: keep the weights every this many epochs (and at 0 and the end) for analyze history
     pc1_penalty: float = 0.0  # > 0: add this times the PC1 share of the penalised layers' batch activations to the loss
     pc1_penalty_layers: str = "all"  # residual block outputs penalised: all, or names / prefixes such as stage3
-    arch: str = "resnet"  # "resnet": the CIFAR family (depth 6n+2); "resnet50": the ImageNet family (depth 50+3k)
+    arch: str = "resnet"  # the model family (nets/families): "resnet", the CIFAR family; "resnet50", the ImageNet family
     image_size: int = 0  # > 0: images resized to image_size x image_size (0: as stored)
 
     def __post_init__(self) -> None:
-        ModelConfig(depth=self.depth, width=self.width, arch=self.arch)  # validates depth, width and arch
         _check(self, [
             (0 < self.data_fraction <= 1, "data_fraction", "in (0, 1], e.g. 0.5 or 0.25"),
             (self.epochs >= 1, "epochs", "an integer >= 1"),
@@ -84,7 +93,6 @@ class TrainConfig:
             (self.lr > 0, "lr", "a positive float"),
             (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay", "a float >= 0"),
-            (self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}"),
             (self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}"),
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
             (self.eval_every >= 1, "eval_every", "an integer >= 1"),
@@ -92,19 +100,21 @@ class TrainConfig:
             (self.snapshot_every >= 0, "snapshot_every", "an integer >= 0 (0: no snapshots)"),
             (self.pc1_penalty >= 0, "pc1_penalty", "a float >= 0 (0: no penalty)"),
             (self.image_size == 0 or self.image_size >= 8, "image_size", "0 (as stored) or an integer >= 8"),
-            (self.dataset != "imagenet" or self.streamed, "dataset", "imagenet with arch=resnet50 (ImageNet is streamed; "
-                                                                     "the CIFAR family trains in memory)"),
         ])  # fmt: skip
-        if self.pc1_penalty > 0:
-            penalised_layers(ModelConfig(depth=self.depth, width=self.width, arch=self.arch), self.pc1_penalty_layers)
 
-    @property
-    def streamed(self) -> bool:
-        """Whether the images are streamed from a folder (the ImageNet family) or held in memory."""
-        return self.arch in STREAMED_ARCHS
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
-    def model_config(self, num_classes: int) -> ModelConfig:
-        return ModelConfig(depth=self.depth, width=self.width, num_classes=num_classes, arch=self.arch)
+    @classmethod
+    def from_dict(cls, fields: dict) -> "TrainConfig":
+        """The config of `to_dict` (as JSON gives it back): every field's type restored, an unknown
+        field refused rather than dropped."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - set(known))
+        if unknown:
+            raise ValueError(f"training settings {unknown} are unknown to this version of the code")
+        kinds = {"int": int, "float": float, "str": str, "bool": bool}
+        return cls(**{k: kinds[known[k].type](v) for k, v in fields.items()})
 
     def fingerprint(self, *extra: str) -> str:
         """A hash of everything that determines the trained weights (device settings excluded)."""
@@ -138,7 +148,7 @@ ANALYSES = ("cka", "pc", "probes", "deletion", "dominant")
 LAYER_SETS = ("all", "blocks")
 PROBE_TRAIN = ("subset", "full", "both")
 PRECISIONS = ("float32", "bf16")
-MIN_HSIC_BATCH = 4  # the unbiased HSIC estimator divides by (n - 3): science.cka.MIN_BATCH checks the same
+MIN_HSIC_BATCH = 4  # the unbiased HSIC estimator divides by n - 3 and n - 2 (science/cka.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,8 +234,8 @@ class Grid:
     data_fractions: tuple[float, ...]
 
     @classmethod
-    def parse(cls, depths: str, widths: str, seeds: str, data_fractions: str, arch: str = "resnet") -> "Grid":
-        """The grid from comma lists, every cell checked (for the model family `arch`) before anything runs."""
+    def parse(cls, depths: str, widths: str, seeds: str, data_fractions: str) -> "Grid":
+        """The grid from comma lists (its cells are checked as trainings by training.settings.check_grid)."""
         def values(text: str, kind, name: str) -> tuple:
             try:
                 out = tuple(dict.fromkeys(kind(float(v)) if kind is int and float(v).is_integer() else kind(v)
@@ -237,11 +247,8 @@ class Grid:
                 raise ValueError(f"{name} is empty; give at least one value")
             return out
 
-        grid = cls(values(depths, int, "depths"), values(widths, float, "widths"), values(seeds, int, "seeds"),
+        return cls(values(depths, int, "depths"), values(widths, float, "widths"), values(seeds, int, "seeds"),
                    values(data_fractions, float, "data_fractions"))
-        for cell in grid.cells():
-            TrainConfig(**{k: v for k, v in cell.items() if k != "seed"}, arch=arch)
-        return grid
 
     def search_space(self) -> dict[str, list]:
         return {"depth": list(self.depths), "width": list(self.widths), "seed": list(self.seeds),
@@ -251,6 +258,10 @@ class Grid:
         """Every cell as {depth, width, seed, data_fraction}, in grid order."""
         space = self.search_space()
         return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+
+    def configs(self, base: TrainConfig) -> list[TrainConfig]:
+        """Every cell as the training `base` with the cell's depth, width, seed and data fraction."""
+        return [dataclasses.replace(base, **cell) for cell in self.cells()]
 
     @property
     def size(self) -> int:

@@ -3,6 +3,7 @@ JSON summaries; one model's analysis and the comparison across models, written t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Sequence
@@ -11,11 +12,13 @@ import numpy as np
 import pandas as pd
 
 from . import plots
+from .config import short_number
 from .science.blocks import layers_in_blocks, mask_spans
 from .science.dominant import Dominant
 from .science.explain import ModelReport
 from .science.predictions import GroupComparison
 from .store import contract as c
+from .store.summary import DominantSummary, ModelSummary
 
 __all__ = ["write_matrix", "write_heatmap", "write_json", "write_model_report", "write_dominant", "write_history",
            "write_comparison", "write_predictions"]
@@ -44,27 +47,29 @@ def _save(fig, path: Path) -> None:
     plots.close(fig)
 
 
-def write_model_report(directory: Path, report: ModelReport, train_accuracy: str, summary: dict) -> None:
+def write_model_report(directory: Path, report: ModelReport, summary: ModelSummary, train_accuracy: float | None) -> None:
     """Every file of one model's analysis under `directory`: matrices, heatmaps, PC1, probe and
-    deletion curves, and summary.json (`summary` plus what the report holds)."""
+    deletion curves, and summary.json (`summary`, given what was analysed and how, completed with
+    what the report found)."""
     names, label = report.names, report.label
     spans = [(b.start, b.end) for b in report.blocks]
     accuracy = report.metrics[c.ANALYSIS_ACCURACY]
-    subtitle = f"test acc {accuracy:.3f} · train acc {train_accuracy} · {len(report.blocks)} block(s)"
+    trained = "?" if train_accuracy is None else f"{train_accuracy:.3f}"
+    subtitle = f"test acc {accuracy:.3f} · train acc {trained} · {len(report.blocks)} block(s)"
     if report.metrics.get(c.FITS_TRAINING_SET_METRIC) == 0:
         subtitle += " · UNDER-TRAINED"
-    write_matrix(directory, "cka", report.cka, names, names)
-    write_heatmap(directory, "heatmap", report.cka, names, title=label, subtitle=subtitle, blocks=spans)
-    summary = {**summary, "layer_names": names, "metrics": report.metrics, "blocks": [b.as_dict() for b in report.blocks]}
+    write_matrix(directory, c.MATRIX, report.cka, names, names)
+    write_heatmap(directory, c.HEATMAP, report.cka, names, title=label, subtitle=subtitle, blocks=spans)
+    summary = dataclasses.replace(summary, layer_names=names, metrics=report.metrics, blocks=[b.as_dict() for b in report.blocks])
     if report.pc1_share is not None:
-        write_matrix(directory, "cka_without_pc1", report.cka_without_pc1, names, names)
-        write_matrix(directory, "cka_pc1_only", report.cka_pc1_only, names, names)
+        write_matrix(directory, c.MATRIX_WITHOUT_PC1, report.cka_without_pc1, names, names)
+        write_matrix(directory, c.MATRIX_PC1_ONLY, report.cka_pc1_only, names, names)
         _save(plots.heatmap_pair(report.cka, report.cka_without_pc1, names, ("CKA", "CKA with each layer's PC1 removed"),
-                                 f"{label}: {subtitle}", blocks=spans), directory / "heatmap_without_pc1.png")
+                                 f"{label}: {subtitle}", blocks=spans), directory / c.HEATMAP_WITHOUT_PC1_FILE)
         _save(plots.curves(names, {"PC1 share of variance": report.pc1_share}, spans, "share of variance",
-                           f"{label}: first principal component per layer"), directory / "pc1_share.png")
-        summary["pc1_share"] = dict(zip(names, report.pc1_share.tolist()))
-        summary["pc1_residual_max"] = float(np.max(report.pc1_residual))
+                           f"{label}: first principal component per layer"), directory / c.PC1_SHARE_FILE)
+        summary.pc1_share = dict(zip(names, report.pc1_share.tolist()))
+        summary.pc1_residual_max = float(np.max(report.pc1_residual))
     if report.probe_accuracy:
         outputs = report.probe_names[1::2]  # probe_layers: each block's BN before the add, then its output
         series = {}
@@ -72,43 +77,44 @@ def write_model_report(directory: Path, report: ModelReport, train_accuracy: str
             series[f"block output ({train_set} train)"] = list(acc[1::2])
             series[f"BN before add ({train_set} train)"] = list(acc[0::2])
         _save(plots.curves([o.removesuffix(".relu") for o in outputs], series, mask_spans(layers_in_blocks(report.blocks, names, outputs)),
-                           "test accuracy", f"{label}: linear probes (pool {summary.get('probe_pool', 2)}x)",
-                           hline=(accuracy, "model")), directory / "probes.png")
-        summary["probe_accuracy"] = {k: dict(zip(report.probe_names, v.tolist())) for k, v in report.probe_accuracy.items()}
+                           "test accuracy", f"{label}: linear probes (pool {summary.probe_pool}x)",
+                           hline=(accuracy, "model")), directory / c.PROBES_FILE)
+        summary.probe_accuracy = {k: dict(zip(report.probe_names, v.tolist())) for k, v in report.probe_accuracy.items()}
     if report.deletion is not None:
         deleted = list(report.deletion)
         mask = layers_in_blocks(report.blocks, names, [f"{b}.relu" for b in deleted])
         _save(plots.curves(deleted, {"accuracy with the block deleted": list(report.deletion.values())}, mask_spans(mask),
                            "test accuracy", f"{label}: deleting one residual block at a time",
-                           hline=(accuracy, "intact model")), directory / "deletion.png")
-        summary["deletion_accuracy"] = report.deletion
+                           hline=(accuracy, "intact model")), directory / c.DELETION_FILE)
+        summary.deletion_accuracy = report.deletion
     if report.dominant is not None:
-        summary["dominant"] = write_dominant(directory / c.DOMINANT_DIR, report.dominant, names, spans, label)
-    write_json(directory / c.SUMMARY_FILE, summary)
+        summary.dominant = write_dominant(directory / c.DOMINANT_DIR, report.dominant, names, spans, label)
+    summary.write(directory / c.SUMMARY_FILE)
 
 
-def write_dominant(directory: Path, found: Dominant, names: Sequence[str], spans: Sequence[tuple[int, int]], label: str) -> dict:
+def write_dominant(directory: Path, found: Dominant, names: Sequence[str], spans: Sequence[tuple[int, int]],
+                   label: str) -> DominantSummary:
     """overlap.npy/.png (Jaccard of the layers' top-k sets), shares.npy (layers x examples),
     top.csv, statistics.csv and one image grid per block; returns what summary.json keeps."""
     directory.mkdir(parents=True, exist_ok=True)
     ids = found.example_ids
-    np.save(directory / "overlap.npy", found.overlap)
-    np.save(directory / "shares.npy", found.shares.astype(np.float32))
-    write_heatmap(directory, "overlap", found.overlap, names, title=f"{label}: dominant examples shared between layers",
+    np.save(directory / f"{c.DOMINANT_OVERLAP}.npy", found.overlap)
+    np.save(directory / c.DOMINANT_SHARES_FILE, found.shares.astype(np.float32))
+    write_heatmap(directory, c.DOMINANT_OVERLAP, found.overlap, names, title=f"{label}: dominant examples shared between layers",
                   subtitle=f"Jaccard overlap of each layer's top {found.k} examples by share of PC1 variance", blocks=spans,
                   bar_label=f"overlap of the top {found.k}")
     shares = np.take_along_axis(found.shares, found.top, axis=1)  # (layers, k), largest first
     pd.DataFrame({"layer": np.repeat(list(names), found.k), "rank": np.tile(np.arange(1, found.k + 1), len(names)),
-                  "test_index": ids[found.top].ravel(), "share": shares.ravel()}).to_csv(directory / "top.csv", index=False)
-    pd.DataFrame(found.statistics).T.to_csv(directory / "statistics.csv", index_label="images")
+                  "test_index": ids[found.top].ravel(), "share": shares.ravel()}).to_csv(directory / c.DOMINANT_TOP_FILE, index=False)
+    pd.DataFrame(found.statistics).T.to_csv(directory / c.DOMINANT_STATISTICS_FILE, index_label="images")
     for group in found.groups:
         captions = [f"#{ids[e]}\n{share:.1%}" for e, share in zip(group.examples, group.shares)]
         _save(plots.image_grid(group.images, captions, f"{label}, {group.label}: its {found.k} dominant test images "
                                                        "(share of PC1 variance, averaged over its layers)"),
-              directory / f"{group.label.replace(' ', '-')}.png")
-    return {"k": found.k, "top": {n: ids[t].tolist() for n, t in zip(names, found.top)},
-            "groups": [{"label": g.label, "test_index": ids[g.examples].tolist(), "share": g.shares.tolist()} for g in found.groups],
-            "statistics": found.statistics}
+              directory / c.dominant_grid_file(group.label))
+    return DominantSummary(found.k, {n: ids[t].tolist() for n, t in zip(names, found.top)},
+                           [{"label": g.label, "test_index": ids[g.examples].tolist(), "share": g.shares.tolist()} for g in found.groups],
+                           found.statistics)
 
 
 def write_history(directory: Path, history: Sequence[tuple[int, ModelReport]], label: str) -> None:
@@ -116,18 +122,18 @@ def write_history(directory: Path, history: Sequence[tuple[int, ModelReport]], l
     over epochs), epoch-NNNN.npy (each snapshot's CKA) and summary.json (its metrics and blocks)."""
     directory.mkdir(parents=True, exist_ok=True)
     for epoch, report in history:
-        np.save(directory / f"epoch-{epoch:04d}.npy", report.cka)
-    captions = [f"epoch {e}: " + (f"{r.metrics['block_largest_frac']:.0%} in a block" if r.blocks else "no block") for e, r in history]
+        np.save(directory / c.history_matrix_file(epoch), report.cka)
+    captions = [f"epoch {e}: " + (f"{r.metrics[c.BLOCK_LARGEST_FRAC]:.0%} in a block" if r.blocks else "no block") for e, r in history]
     _save(plots.heatmap_strip([r.cka for _, r in history], captions, f"{label}: CKA over training",
-                              [[(b.start, b.end) for b in r.blocks] for _, r in history]), directory / "heatmaps.png")
-    series = {"largest block (share of layers)": [r.metrics["block_largest_frac"] for _, r in history]}
+                              [[(b.start, b.end) for b in r.blocks] for _, r in history]), directory / c.HISTORY_HEATMAPS_FILE)
+    series = {"largest block (share of layers)": [r.metrics[c.BLOCK_LARGEST_FRAC] for _, r in history]}
     if history[0][1].pc1_share is not None:
         series["PC1 share of variance, mean over layers"] = [float(np.mean(r.pc1_share)) for _, r in history]
     if history[0][1].dominant is not None:
         k = history[0][1].dominant.k
         series[f"share of PC1 held by each layer's top {k} examples"] = [float(r.dominant.top_share.mean()) for _, r in history]
     _save(plots.curves([f"epoch {e}" for e, _ in history], series, (), "share",
-                       f"{label}: block structure and PC1 over training"), directory / "metrics.png")
+                       f"{label}: block structure and PC1 over training"), directory / c.HISTORY_METRICS_FILE)
     write_json(directory / c.SUMMARY_FILE, {"label": label, "snapshots": [
         {"epoch": e, "metrics": r.metrics, "blocks": [b.as_dict() for b in r.blocks],
          **({"pc1_share": r.pc1_share.tolist()} if r.pc1_share is not None else {})} for e, r in history]})
@@ -137,20 +143,20 @@ def write_comparison(rows: pd.DataFrame, table: pd.DataFrame, cells: dict[float,
     """models.csv, table.csv/.md (aggregated over seeds), block_vs_width/depth.png and one heatmap
     grid per data fraction (rows depth, columns width; `cells[fraction]` from results.heatmap_cells)."""
     out.mkdir(parents=True, exist_ok=True)
-    rows.to_csv(out / "models.csv", index=False)
-    table.to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
+    rows.to_csv(out / c.COMPARISON_MODELS_FILE, index=False)
+    table.to_csv(out / f"{c.COMPARISON_TABLE}.csv", index=False)
+    (out / f"{c.COMPARISON_TABLE}.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
     complete = table[table["seeds"] > 0]
     if not complete.empty:
         for x, panel in (("width", "depth"), ("depth", "width")):
-            _save(plots.trend(complete, x, panel, "block_largest_frac", f"largest block (share of layers) against {x}"),
-                  out / f"block_vs_{x}.png")
+            _save(plots.trend(complete, x, panel, c.BLOCK_LARGEST_FRAC, f"largest block (share of layers) against {x}"),
+                  out / c.trend_file(x))
     for fraction, found in cells.items():
         if found:
-            group = rows[np.isclose(rows["data_fraction"], fraction)]
-            _save(plots.heatmap_grid(found, sorted(group["depth"].unique()), sorted(group["width"].unique()),
-                                     f"CKA heatmaps, data fraction {fraction:g} (lowest seed per cell)"),
-                  out / f"heatmaps_fraction_{fraction:g}.png")
+            group = rows[rows[c.DATA_FRACTION] == fraction]
+            _save(plots.heatmap_grid(found, sorted(group[c.DEPTH].unique()), sorted(group[c.WIDTH].unique()),
+                                     f"CKA heatmaps, data fraction {short_number(fraction)} (lowest seed per cell)"),
+                  out / c.heatmap_grid_file(short_number(fraction)))
 
 
 def write_predictions(result: GroupComparison, a: Sequence[str], b: Sequence[str], classes: Sequence[str], labels: np.ndarray,
@@ -158,23 +164,25 @@ def write_predictions(result: GroupComparison, a: Sequence[str], b: Sequence[str
     """accuracy, agreement, per-class and per-example tables and their figures for groups A and B."""
     out.mkdir(parents=True, exist_ok=True)
     labels_ab = [f"A:{u.removeprefix('models:/')}" for u in a] + [f"B:{u.removeprefix('models:/')}" for u in b]
-    pd.DataFrame({"model": labels_ab, "accuracy": result.accuracy}).to_csv(out / "accuracy.csv", index=False)
-    pd.DataFrame(result.agreement, index=labels_ab, columns=labels_ab).to_csv(out / "agreement.csv")
+    accuracy_csv, agreement_csv, per_class_csv, per_example_csv = c.PREDICTIONS_TABLES
+    pd.DataFrame({"model": labels_ab, "accuracy": result.accuracy}).to_csv(out / accuracy_csv, index=False)
+    pd.DataFrame(result.agreement, index=labels_ab, columns=labels_ab).to_csv(out / agreement_csv)
     pd.DataFrame({
         "class": list(classes), "accuracy_a": result.class_accuracy[: len(a)].mean(0),
         "accuracy_b": result.class_accuracy[len(a):].mean(0), "difference_b_minus_a": result.class_difference,
         "ci_low": result.class_ci[:, 0], "ci_high": result.class_ci[:, 1], "hedges_g": result.class_effect_size,
         "p_value": result.class_p_value, "q_value_bh": result.class_q_value,
-    }).to_csv(out / "per_class.csv", index=False)
+    }).to_csv(out / per_class_csv, index=False)
     pd.DataFrame({"label": labels, "accuracy_a": result.example_accuracy_a,
-                  "accuracy_b": result.example_accuracy_b}).to_csv(out / "per_example.csv", index_label="example")
+                  "accuracy_b": result.example_accuracy_b}).to_csv(out / per_example_csv, index_label="example")
+    per_example_png, per_class_png, agreement_png = c.PREDICTIONS_FIGURES
     figures = {
-        "per_example.png": plots.example_accuracy_map(result.example_accuracy_a, result.example_accuracy_b, len(a), len(b),
+        per_example_png: plots.example_accuracy_map(result.example_accuracy_a, result.example_accuracy_b, len(a), len(b),
                                                       "group A", "group B"),
-        "per_class.png": plots.class_differences(list(classes), result.class_difference, result.class_ci,
+        per_class_png: plots.class_differences(list(classes), result.class_difference, result.class_ci,
                                                  list(result.significant_classes),
                                                  f"per-class accuracy, B - A ({1 - result.alpha:.0%} CI; * BH q < {result.alpha})"),
-        "agreement.png": plots.agreement_heatmap(result.agreement, labels_ab, len(a)),
+        agreement_png: plots.agreement_heatmap(result.agreement, labels_ab, len(a)),
     }
     for name, fig in figures.items():
         _save(fig, out / name)

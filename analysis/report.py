@@ -1,5 +1,12 @@
 """The study report: one self-contained HTML file (figures embedded), one section per claim of the
-paper, each with the claim it tests, the measured numbers and the figures that show them."""
+paper, each with the claim it tests, the measured numbers and the figures that show them.
+
+Two steps: `gather` reads what the study's stages logged (through store/results: per-model
+summaries and figures, the cross-seed matrices, the comparison's and the predictions' files) into a
+`ReportData`; `render_html` turns that into the page and reads nothing. What each section shows is
+declared in SECTIONS: its metric columns and its per-model figure, names from the store contract
+(tests check that an analysis writes every one of them).
+"""
 
 from __future__ import annotations
 
@@ -15,33 +22,56 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from .config import StudyPreset
+from .config import StudyPreset, short_number
 from .science.blocks import in_block_mask
 from .science.dominant import jaccard
 from .science.explain import cross_seed_similarity
 from .store import contract as c
 from .store.results import cross_matrix, download, model_analysis
+from .store.summary import ModelSummary
 
-__all__ = ["SECTIONS", "StudyResults", "study_rows_frame", "cross_seed_numbers", "write_report"]
+__all__ = ["Section", "SECTIONS", "StudyResults", "ReportData", "study_rows_frame", "cross_seed_numbers", "gather",
+           "render_html", "write_report"]
+
+CONFIG_COLUMNS = (c.DEPTH, c.WIDTH, c.DATA_FRACTION, c.SEED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    title: str
+    claim: str = ""  # the paper's claim the section tests
+    metrics: tuple[str, ...] = ()  # per-model columns of its table
+    figure: str = ""  # the per-model figure it shows, a path under the analysis's CKA_DIR
+    figure_width: int = 460
+
 
 SECTIONS = {
-    "setup": "Setup", "training": "Training", "block-structure": "Block structure", "pc1": "First principal component",
-    "without-pc1": "CKA without the first principal component", "probes": "Linear probes", "deletion": "Deleting blocks",
-    "cross-seed": "Across seeds", "predictions": "Prediction differences",
-    "dominant": "Dominant images (beyond the paper)",
-}
-CLAIMS = {
-    "block-structure": "Models large relative to their training data show a big contiguous block of layers with "
-                       "near-identical representations; the control does not.",
-    "pc1": "Inside the block, the first principal component explains a large share of every layer's variance.",
-    "without-pc1": "Removing each layer's first principal component removes the block structure.",
-    "probes": "Linear probe accuracy barely improves across the layers of the block.",
-    "deletion": "Deleting a residual block inside the block structure costs little accuracy; elsewhere it costs more.",
-    "cross-seed": "Outside the block, representations are similar across seeds; the block itself differs between seeds.",
-    "predictions": "Models of different architecture make systematically different errors, beyond seed-to-seed variation.",
-    "dominant": "(The paper's follow-up, arXiv 2202.07184.) A few dominant images carry the block's first principal "
-                "component: the same images top every layer of the block, far more than elsewhere, and the set differs "
-                "between seeds.",
+    "setup": Section("Setup"),
+    "training": Section("Training", metrics=(c.TRAIN_ACCURACY, c.TEST_ACCURACY)),
+    "block-structure": Section(
+        "Block structure", "Models large relative to their training data show a big contiguous block of layers with "
+        "near-identical representations; the control does not.", (c.BLOCK_COUNT, c.BLOCK_LARGEST_FRAC, c.BLOCK_MEAN_CKA),
+        c.HEATMAP_FILE, 380),
+    "pc1": Section("First principal component",
+                   "Inside the block, the first principal component explains a large share of every layer's variance.",
+                   (c.PC1_SHARE_IN_BLOCK, c.PC1_SHARE_OUTSIDE), c.PC1_SHARE_FILE),
+    "without-pc1": Section("CKA without the first principal component",
+                           "Removing each layer's first principal component removes the block structure.",
+                           (c.BLOCK_MEAN_CKA, c.BLOCK_MEAN_CKA_WITHOUT_PC1), c.HEATMAP_WITHOUT_PC1_FILE, 720),
+    "probes": Section("Linear probes", "Linear probe accuracy barely improves across the layers of the block.",
+                      (c.PROBE_GAIN_IN_BLOCK,), c.PROBES_FILE),
+    "deletion": Section("Deleting blocks",
+                        "Deleting a residual block inside the block structure costs little accuracy; elsewhere it costs more.",
+                        (c.DELETION_DROP_IN_BLOCK, c.DELETION_DROP_OUTSIDE), c.DELETION_FILE),
+    "cross-seed": Section("Across seeds",
+                          "Outside the block, representations are similar across seeds; the block itself differs between seeds."),
+    "predictions": Section("Prediction differences",
+                           "Models of different architecture make systematically different errors, beyond seed-to-seed variation."),
+    "dominant": Section(
+        "Dominant images (beyond the paper)", "(The paper's follow-up, arXiv 2202.07184.) A few dominant images carry the "
+        "block's first principal component: the same images top every layer of the block, far more than elsewhere, and "
+        "the set differs between seeds.", (c.DOMINANT_OVERLAP_IN_BLOCK, c.DOMINANT_OVERLAP_OUTSIDE, c.DOMINANT_SHARE_IN_BLOCK),
+        f"{c.DOMINANT_DIR}/{c.DOMINANT_OVERLAP}.png", 380),
 }
 
 
@@ -58,11 +88,98 @@ class StudyResults:
     timings: dict[str, float]
 
 
+@dataclasses.dataclass
+class ModelFiles:
+    """One analysed model as the report shows it."""
+
+    label: str
+    folder: Path | None  # its analysis's CKA_DIR, downloaded
+    summary: ModelSummary | None
+
+
+@dataclasses.dataclass
+class ReportData:
+    """Everything the page shows, gathered; `render_html` reads nothing else."""
+
+    preset: StudyPreset
+    run_id: str
+    results: StudyResults
+    numbers: pd.DataFrame  # per model: config, accuracies and every metric
+    models: list[ModelFiles]
+    cross: pd.DataFrame  # per pair of seeds analysed together
+    cross_figures: list[tuple[str, Path]]
+    comparison_figures: list[Path]
+    predictions_folder: Path
+
+
 def study_rows_frame(rows: pd.DataFrame) -> pd.DataFrame:
     """The per-model numbers the report shows, one row per model."""
-    cols = ["depth", "width", "data_fraction", "seed", c.TRAIN_ACCURACY, c.TEST_ACCURACY, *c.BLOCK_METRICS,
-            *c.EXPLANATION_METRICS]
-    return rows[[col for col in cols if col in rows]].sort_values(["data_fraction", "depth", "width", "seed"]).reset_index(drop=True)
+    cols = [*CONFIG_COLUMNS, c.TRAIN_ACCURACY, c.TEST_ACCURACY, *c.BLOCK_METRICS, *c.EXPLANATION_METRICS]
+    return rows[[col for col in cols if col in rows]].sort_values([c.DATA_FRACTION, c.DEPTH, c.WIDTH, c.SEED]).reset_index(drop=True)
+
+
+def _label(row) -> str:
+    return f"ResNet-{row.depth} w{short_number(row.width)} · data {short_number(row.data_fraction)} · seed {row.seed}"
+
+
+def cross_seed_numbers(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, Path]]]:
+    """Per pair of seeds of one architecture analysed together: mean CKA between the same layer of
+    the two models, inside model A's block and outside it (from the group's cross matrices), and,
+    where both were analysed with dominant, the Jaccard overlap of the same layer's dominant
+    examples in the two models."""
+    client = mlflow.MlflowClient()
+    records, figures = [], []
+    for (depth, width, fraction), group in rows.groupby([c.DEPTH, c.WIDTH, c.DATA_FRACTION]):
+        for (_, ra), (_, rb) in combinations(group.sort_values(c.SEED).iterrows(), 2):
+            parent = client.get_run(ra[c.ANALYSIS_RUN_ID]).data.tags.get(c.PARENT_RUN)
+            label_a, label_b = f"{ra[c.MODEL_NAME]}-v{ra[c.MODEL_VERSION]}", f"{rb[c.MODEL_NAME]}-v{rb[c.MODEL_VERSION]}"
+            cross = cross_matrix(parent, label_a, label_b) if parent else None
+            own = model_analysis(ra[c.ANALYSIS_RUN_ID])
+            if cross is None or own is None:
+                continue
+            summary = own[1]
+            record = {c.DEPTH: depth, c.WIDTH: width, c.DATA_FRACTION: fraction, "seeds": f"{ra.seed} vs {rb.seed}",
+                      **cross_seed_similarity(cross[0], summary.blocks)}
+            other = model_analysis(rb[c.ANALYSIS_RUN_ID])
+            if summary.dominant is not None and other is not None and other[1].dominant is not None:
+                layers = summary.layer_names
+                same = np.diag(jaccard(*(np.array([s.dominant.top[n] for n in layers]) for s in (summary, other[1]))))
+                mask = in_block_mask(summary.blocks, len(layers))
+                record[c.DOMINANT_OVERLAP_ACROSS_SEEDS_IN_BLOCK] = float(same[mask].mean()) if mask.any() else np.nan
+                record[c.DOMINANT_OVERLAP_ACROSS_SEEDS_OUTSIDE] = float(same[~mask].mean()) if (~mask).any() else np.nan
+            records.append(record)
+            figures.append((f"ResNet-{depth} w{short_number(width)}, seeds {ra.seed} vs {rb.seed}", cross[1] / c.HEATMAP_FILE))
+    return pd.DataFrame(records), figures
+
+
+def _copy_run_folder(run_id: str, path: str, out: Path) -> Path:
+    """A logged folder of a stage's run, copied beside the page (replacing an older copy)."""
+    local = download(run_id, path)
+    shutil.rmtree(out / path, ignore_errors=True)
+    if local is not None:
+        shutil.copytree(local, out / path)
+    return out / path
+
+
+def gather(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -> ReportData:
+    """Read what the study logged; copy the comparison, the predictions and every model's figures
+    beside the page (`out`), for documents that link them."""
+    out.mkdir(parents=True, exist_ok=True)
+    comparison = _copy_run_folder(result.compare_run_id, c.COMPARISON_DIR, out)
+    predictions = _copy_run_folder(result.predictions_run_id, c.PREDICTIONS_DIR, out)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    models = []
+    for row in result.rows.itertuples():
+        folder = download(getattr(row, c.ANALYSIS_RUN_ID), c.CKA_DIR)
+        summary = ModelSummary.read(folder / c.SUMMARY_FILE) if folder and (folder / c.SUMMARY_FILE).exists() else None
+        for png in (folder.glob("**/*.png") if folder else []):
+            name = png.relative_to(folder).as_posix().replace("/", "_")
+            shutil.copy(png, figures / f"resnet{row.depth}-w{short_number(row.width)}-f{short_number(row.data_fraction)}-s{row.seed}_{name}")
+        models.append(ModelFiles(_label(row), folder, summary))
+    cross, cross_figures = cross_seed_numbers(result.rows)
+    return ReportData(p, run_id, result, study_rows_frame(result.rows), models, cross, cross_figures,
+                      sorted(comparison.glob(c.heatmap_grid_file("*"))), predictions)
 
 
 def _img(path: Path, width: int = 560) -> str:
@@ -76,130 +193,75 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="numbers")
 
 
-def _label(row) -> str:
-    return f"ResNet-{row.depth} w{row.width:g} · data {row.data_fraction:g} · seed {row.seed}"
+def _figure(path: Path, caption: str, width: int) -> str:
+    return f"<figure>{_img(path, width)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def cross_seed_numbers(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, Path]]]:
-    """Per pair of seeds of one architecture analysed together: mean CKA between the same layer of
-    the two models, inside model A's block and outside it (from the group's cross matrices), and,
-    where both were analysed with dominant, the Jaccard overlap of the same layer's dominant
-    examples in the two models."""
-    client = mlflow.MlflowClient()
-    records, figures = [], []
-    for (depth, width, fraction), group in rows.groupby(["depth", "width", "data_fraction"]):
-        for (_, ra), (_, rb) in combinations(group.sort_values("seed").iterrows(), 2):
-            parent = client.get_run(ra[c.ANALYSIS_RUN_ID]).data.tags.get("mlflow.parentRunId")
-            label_a, label_b = f"{ra[c.MODEL_NAME]}-v{ra[c.MODEL_VERSION]}", f"{rb[c.MODEL_NAME]}-v{rb[c.MODEL_VERSION]}"
-            cross = cross_matrix(parent, label_a, label_b) if parent else None
-            own = model_analysis(ra[c.ANALYSIS_RUN_ID])
-            if cross is None or own is None:
-                continue
-            record = {"depth": depth, "width": width, "data_fraction": fraction, "seeds": f"{ra.seed} vs {rb.seed}",
-                      **cross_seed_similarity(cross[0], own[1]["blocks"])}
-            other = model_analysis(rb[c.ANALYSIS_RUN_ID])
-            if "dominant" in own[1] and other is not None and "dominant" in other[1]:
-                layers = own[1]["layer_names"]
-                same = np.diag(jaccard(*(np.array([s["dominant"]["top"][n] for n in layers]) for s in (own[1], other[1]))))
-                mask = in_block_mask(own[1]["blocks"], len(layers))
-                record["dominant_overlap_across_seeds_in_block"] = float(same[mask].mean()) if mask.any() else np.nan
-                record["dominant_overlap_across_seeds_outside"] = float(same[~mask].mean()) if (~mask).any() else np.nan
-            records.append(record)
-            figures.append((f"ResNet-{depth} w{width:g}, seeds {ra.seed} vs {rb.seed}", cross[1] / c.HEATMAP_FILE))
-    return pd.DataFrame(records), figures
+def _dominant_statistics(models: list[ModelFiles]) -> pd.DataFrame:
+    return pd.DataFrame([{"model": m.label, "images": images, **stats} for m in models
+                         if m.summary is not None and m.summary.dominant is not None
+                         for images, stats in m.summary.dominant.statistics.items()])
 
 
-def _copy_run_folder(run_id: str, path: str, out: Path) -> None:
-    """A logged folder of a stage's run, copied beside the page (replacing an older copy)."""
-    local = download(run_id, path)
-    shutil.rmtree(out / path, ignore_errors=True)
-    if local is not None:
-        shutil.copytree(local, out / path)
+def render_html(data: ReportData) -> str:
+    """The report page of `data`."""
+    p, result, numbers = data.preset, data.results, data.numbers
 
+    def columns(names: tuple[str, ...]) -> pd.DataFrame:
+        return numbers[[col for col in (*CONFIG_COLUMNS, *names) if col in numbers]]
 
-def write_report(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -> Path:
-    """report.html under `out`, with the comparison, predictions and per-model figures beside it."""
-    rows = result.rows
-    numbers = study_rows_frame(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    _copy_run_folder(result.compare_run_id, c.COMPARISON_DIR, out)
-    _copy_run_folder(result.predictions_run_id, c.PREDICTIONS_DIR, out)
-    per_model = {}
-    figures = out / "figures"  # each model's figures beside the page, for documents that link them
-    figures.mkdir(parents=True, exist_ok=True)
-    for row in rows.itertuples():
-        per_model[row] = download(getattr(row, c.ANALYSIS_RUN_ID), c.CKA_DIR)
-        for png in (per_model[row].glob("**/*.png") if per_model[row] else []):
-            name = png.relative_to(per_model[row]).as_posix().replace("/", "_")
-            shutil.copy(png, figures / f"resnet{row.depth}-w{row.width:g}-f{row.data_fraction:g}-s{row.seed}_{name}")
-    cross, cross_figures = cross_seed_numbers(rows)
-    t = result.timings
-    pm = result.predictions
-    a, b = result.group_a, result.group_b
+    def per_model(section: Section) -> str:
+        return "".join(_figure(m.folder / section.figure, m.label, section.figure_width) for m in data.models
+                       if m.folder is not None and (m.folder / section.figure).exists())
 
-    def per_model_figures(name: str, width: int = 460) -> str:
-        return "".join(f"<figure>{_img(d / name, width)}<figcaption>{html.escape(_label(r))}</figcaption></figure>"
-                       for r, d in per_model.items() if d is not None and (d / name).exists())
-
-    def dominant_statistics() -> pd.DataFrame:
-        records = []
-        for r, d in per_model.items():
-            summary = json.loads((d / c.SUMMARY_FILE).read_text()) if d is not None and (d / c.SUMMARY_FILE).exists() else {}
-            for images, stats in summary.get("dominant", {}).get("statistics", {}).items():
-                records.append({"depth": r.depth, "width": r.width, "data_fraction": r.data_fraction, "seed": r.seed,
-                                "images": images, **stats})
-        return pd.DataFrame(records)
-
-    def dominant_grids(width: int = 700) -> str:
-        return "".join(f"<figure>{_img(png, width)}<figcaption>{html.escape(_label(r))}</figcaption></figure>"
-                       for r, d in per_model.items() if d is not None
-                       for png in sorted((d / c.DOMINANT_DIR).glob("*.png")) if png.name != "overlap.png")
-
-    dominant_stats = dominant_statistics()
-
-    def cols(*names: str) -> pd.DataFrame:
-        return numbers[[col for col in ("depth", "width", "data_fraction", "seed", *names) if col in numbers]]
-
-    sections = {
+    dominant_grids = "".join(_figure(png, m.label, 700) for m in data.models if m.folder is not None
+                             for png in sorted((m.folder / c.DOMINANT_DIR).glob("*.png"))
+                             if png.name != f"{c.DOMINANT_OVERLAP}.png")
+    statistics = _dominant_statistics(data.models)
+    across_seeds = [col for col in (c.DOMINANT_OVERLAP_ACROSS_SEEDS_IN_BLOCK, c.DOMINANT_OVERLAP_ACROSS_SEEDS_OUTSIDE)
+                    if col in data.cross]
+    intro = {  # before a section's table
         "setup": f"<p>Preset <b>{p.name}</b>: {html.escape(p.description)}.</p>"
                  f"<p>Grid: depths {list(p.grid.depths)}, widths {list(p.grid.widths)}, seeds {list(p.grid.seeds)}, "
                  f"data fractions {list(p.grid.data_fractions)}; training {html.escape(json.dumps(p.train))}; "
                  f"analysis {html.escape(json.dumps(dataclasses.asdict(p.analysis)))}.</p>"
-                 f"<p>Wall time this run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()) + "</p>",
-        "training": "<p>A block structure means something only for models that fit their training set (Nguyen et al., 2021): "
-                    "training accuracy (no augmentation) beside test accuracy.</p>"
-                    + _table(cols("train_accuracy", "test_accuracy")),
-        "block-structure": _table(cols("block_count", "block_largest_frac", "block_mean_cka"))
-                           + "".join(_img(f, 900) for f in sorted((out / "comparison").glob("heatmaps_fraction_*.png")))
-                           + per_model_figures("heatmap.png", 380),
-        "pc1": _table(cols("pc1_share_in_block", "pc1_share_outside")) + per_model_figures("pc1_share.png"),
-        "without-pc1": _table(cols("block_mean_cka", "block_mean_cka_without_pc1")) + per_model_figures("heatmap_without_pc1.png", 720),
-        "probes": _table(cols("probe_gain_in_block")) + per_model_figures("probes.png"),
-        "deletion": _table(cols("deletion_drop_in_block", "deletion_drop_outside")) + per_model_figures("deletion.png"),
-        "cross-seed": (_table(cross) if not cross.empty else "<p>No pair of seeds of one architecture was analysed together.</p>")
-                      + "".join(f"<figure>{_img(f, 380)}<figcaption>{html.escape(c)}</figcaption></figure>" for c, f in cross_figures),
-        "dominant": _table(numbers[[col for col in ("depth", "width", "data_fraction", "seed", "dominant_overlap_in_block",
-                                                     "dominant_overlap_outside", "dominant_share_in_block") if col in numbers]])
-                    + (_table(cross[[col for col in cross if not col.startswith("same_layer")]])
-                       if "dominant_overlap_across_seeds_outside" in cross else "")
-                    + (_table(dominant_stats) if not dominant_stats.empty else "")
-                    + per_model_figures(f"{c.DOMINANT_DIR}/overlap.png", 380) + dominant_grids(),
-        "predictions": f"<p>Group A: {html.escape(', '.join(a))}<br>Group B: {html.escape(', '.join(b))}</p>"
-                       + _table(pd.DataFrame([pm]))
-                       + "".join(_img(out / "predictions" / f, 480) for f in ("per_example.png", "per_class.png", "agreement.png")),
+                 f"<p>Wall time this run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.timings.items()) + "</p>",
+        "training": "<p>A block structure means something only for models that fit their training set (Nguyen et al., "
+                    "2021): training accuracy (no augmentation) beside test accuracy.</p>",
+    }
+    after = {  # after it
+        "block-structure": "".join(_img(f, 900) for f in data.comparison_figures),
+        "cross-seed": (_table(data.cross[[col for col in data.cross if col not in across_seeds]]) if not data.cross.empty
+                       else "<p>No pair of seeds of one architecture was analysed together.</p>")
+                      + "".join(_figure(f, caption, 380) for caption, f in data.cross_figures),
+        "dominant": (_table(data.cross[[c.DEPTH, c.WIDTH, c.DATA_FRACTION, "seeds", *across_seeds]]) if across_seeds else "")
+                    + (_table(statistics) if not statistics.empty else ""),
+        "predictions": f"<p>Group A: {html.escape(', '.join(result.group_a))}<br>Group B: {html.escape(', '.join(result.group_b))}</p>"
+                       + _table(pd.DataFrame([result.predictions]))
+                       + "".join(_img(data.predictions_folder / f, 480) for f in c.PREDICTIONS_FIGURES),
     }
     body = []
-    for key, title in SECTIONS.items():
-        claim = f'<p class="claim">Claim tested: {html.escape(CLAIMS[key])}</p>' if key in CLAIMS else ""
-        body.append(f'<section id="{key}"><h2>{title}</h2>{claim}{sections[key]}</section>')
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>widedeep study: {p.name}</title>
+    for key, section in SECTIONS.items():
+        claim = f'<p class="claim">Claim tested: {html.escape(section.claim)}</p>' if section.claim else ""
+        table = _table(columns(section.metrics)) if section.metrics else ""
+        figures = per_model(section) if section.figure else ""
+        if key == "dominant":
+            figures += dominant_grids
+        body.append(f'<section id="{key}"><h2>{section.title}</h2>{claim}{intro.get(key, "")}{table}{after.get(key, "")}'
+                    f'{figures}</section>')
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>widedeep study: {p.name}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
 .claim{{background:#f4f1e8;border-left:4px solid #c90;padding:.4em .8em}}
 table.numbers{{border-collapse:collapse;font-size:13px}} table.numbers td,table.numbers th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
 figure{{display:inline-block;margin:6px}} figcaption{{font-size:12px;color:#555;text-align:center}}</style></head>
 <body><h1>Do wide and deep networks learn the same things? Study <code>{p.name}</code></h1>
-<p>MLflow run <code>{run_id}</code>. Sections follow the paper's findings; each states the claim it tests.</p>
+<p>MLflow run <code>{data.run_id}</code>. Sections follow the paper's findings; each states the claim it tests.</p>
 {''.join(body)}</body></html>"""
-    path = out / "report.html"
+
+
+def write_report(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -> Path:
+    """report.html under `out`, with the comparison, predictions and per-model figures beside it."""
+    path = out / c.REPORT_FILE
+    page = render_html(gather(p, result, out, run_id))
     path.write_text(page)
     return path

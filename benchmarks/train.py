@@ -34,6 +34,7 @@ from analysis.device import autocast, peak_flops, prepare_model, resolve_device
 from analysis.nets import build_model, decayed_parameters, evaluate
 from analysis.training import loop as training_loop
 from analysis.training import step_flops_per_image, train
+from analysis.training.settings import model_config
 
 
 def synthetic_data(n: int, test: int) -> ImageData:
@@ -46,7 +47,7 @@ def synthetic_data(n: int, test: int) -> ImageData:
 def bare_epoch(config: TrainConfig, data: ImageData, device: torch.device) -> float:
     """Forward, backward and SGD step on the same un-augmented batches: the floor."""
     torch.manual_seed(config.seed)
-    model = prepare_model(build_model(config.model_config(10)), device, config.channels_last)
+    model = prepare_model(build_model(model_config(config, 10)), device, config.channels_last)
     kernels, others = decayed_parameters(model)
     opt = torch.optim.SGD([{"params": kernels, "weight_decay": config.weight_decay}, {"params": others}], lr=config.lr, momentum=config.momentum)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -137,7 +138,7 @@ def main() -> None:
                     evals.append(e)
                 b, r = statistics.median(bare), statistics.median(real)
                 # model FLOP utilisation: achieved FLOP/s over the device's bf16 peak (GPUs of known peak only)
-                mfu = f"{r * step_flops_per_image(config.model_config(10), (3, 32, 32)) / peak:.1%}" if peak else "-"
+                mfu = f"{r * step_flops_per_image(model_config(config, 10), (3, 32, 32)) / peak:.1%}" if peak else "-"
                 print(f"{'ResNet-' + depth + ' w' + width:<12}{str(channels_last):>14}{str(compiled):>9}{b:>12.1f}{r:>12.1f}"
                       f"{(b / r - 1) * 100:>9.1f}%{statistics.median(evals):>10.2f}{mfu:>10}")
 

@@ -16,9 +16,10 @@ from typing import Callable, NoReturn
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
-from analysis.config import PRESET_FIELDS, TRAIN_PRESETS, TrainConfig, resolve_preset
+from analysis.config import PRESET_FIELDS, TRAIN_PRESETS, TrainConfig, require, resolve_preset
 from analysis.data import DATASETS, check_data_dir
 from analysis.device import resolve_device
+from analysis.nets import all_families
 from analysis.store.tracking import fail_run, first_line
 
 # Errors that mean "bad input, bad data or an unusable store": reported in one line, no traceback
@@ -50,20 +51,6 @@ def run_main(main: Callable[[], None]) -> int:
         fail_run(message)
         return 2
     return 0
-
-
-def as_argv(args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> list[str]:
-    """Parsed arguments back as a command line that parses to the same values (every parameter of
-    these entry points is a `--name value` pair), those named in `leave_out` left to their defaults;
-    a setting left to the preset (None) is given as auto again."""
-    return [part for name, value in vars(args).items() if name not in leave_out
-            for part in (f"--{name}", "auto" if value is None else str(value))]
-
-
-def require(ok: bool, name: str, value: object, allowed: str) -> None:
-    """Refuse a parameter in the project's one-line form: name, value, what is allowed."""
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not allowed; use {allowed}")
 
 
 def check_where(device: str, data_dir: str = "", dataset: str = "") -> None:
@@ -132,7 +119,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="quick, paper: the CIFAR recipe at 2 or 300 epochs; imagenet: the ResNet-50 family's recipe "
                         "(what you leave at auto comes from it)")
     p.add_argument("--arch", type=auto_or(str), default="auto",
-                   help="resnet: the CIFAR family; resnet50: the ImageNet ResNet-50 family (depth and width scale stage 3)")
+                   help="; ".join(f"{f.name}: {f.summary}" for f in all_families()) + " (auto: the preset's, else resnet)")
     p.add_argument("--image_size", type=whole_number, default=d.image_size,
                    help="resize images to this side (0: as stored; the resnet50 family: its crop side, 0: 224)")
     p.add_argument("--epochs", type=whole_number, default=0, help="0: the preset's count")
@@ -151,6 +138,17 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="weight of the penalty on the PC1 share of the penalised layers (0: none)")
     p.add_argument("--pc1_penalty_layers", default=d.pc1_penalty_layers,
                    help="residual block outputs penalised: all, or names / prefixes such as stage3")
+
+
+def left_to_preset(args: argparse.Namespace) -> tuple[str, ...]:
+    """The settings of add_training_args left at auto (epochs at 0), which the preset chooses."""
+    return tuple(k for k in PRESET_FIELDS if getattr(args, k) is None or (k == "epochs" and args.epochs == 0))
+
+
+def given_params(args: argparse.Namespace) -> dict:
+    """The parameters as the user gave them, for the run's params (settings left at auto are left out:
+    the run logs their resolved values)."""
+    return {k: v for k, v in vars(args).items() if v is not None and not (k == "epochs" and v == 0)}
 
 
 def training_settings(args: argparse.Namespace) -> dict:

@@ -8,12 +8,12 @@ study and exit: run it once before starting workers on several machines against 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from analysis.config import Grid, TrainConfig
 from analysis.store.studies import DEFAULT_STORAGE, STORAGE_ENV, storage_url
-from analysis.stages.sweep import MODES, WORKER_PARENT_ENV, default_study_name, sweep_stage, work
+from analysis.stages.sweep import MODES, default_study_name, sweep_stage
+from analysis.training.settings import check_grid
 from entrypoints.common import AUTO, Parser, add_training_args, settings_params, check_where, number, require, run_main, training_settings, whole_number
 
 
@@ -41,8 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     settings = training_settings(args)
-    grid = Grid.parse(args.depths, args.widths, args.seeds, args.data_fractions, settings.get("arch", "resnet"))
+    grid = Grid.parse(args.depths, args.widths, args.seeds, args.data_fractions)
     base = TrainConfig(depth=grid.depths[0], width=grid.widths[0], data_fraction=grid.data_fractions[0], **settings)
+    check_grid(grid, base)
     check_where(base.device, base.data_dir)
     require(args.workers >= 1, "workers", args.workers, "an integer >= 1")
     if args.mode == "search":
@@ -50,10 +51,6 @@ def main(args: argparse.Namespace) -> None:
         require(0 < args.val_fraction < 1, "val_fraction", args.val_fraction, "a share in (0, 1), e.g. 0.1")
     url = storage_url(args.storage)
     name = args.study or default_study_name(grid, base)
-    parent = os.environ.get(WORKER_PARENT_ENV)
-    if parent:  # a helper worker started by a sweep process: its cells nest under that sweep's run
-        work(args.mode, grid, base, url, name, parent, args.n_trials, args.val_fraction)
-        return
     sweep_stage(args.mode, grid, base, url, name, args.workers, args.n_trials, args.val_fraction,
                 params={**{k: v for k, v in vars(args).items() if k != "storage"}, **settings_params(base)})
 

@@ -6,9 +6,9 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from analysis.nets import ModelConfig, build_model
+from analysis.nets import ModelConfig, build_model, registered_name
 from analysis.store import contract as c
-from analysis.store import lookup, model_files
+from analysis.store import model_files
 
 
 EXAMPLE = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -24,7 +24,7 @@ def register_model(depth: int = 8, width: float = 0.25, seed: int = 0, dataset: 
                     "data_fraction": "1", "epochs": "1", c.TEST_ACCURACY: "0.1", c.TRAIN_ACCURACY: "0.1",
                     c.LINEAGE: f"{dataset}-{depth}-{width}-{seed}-{tags.get('data_fraction', '1')}", **tags}
     with mlflow.start_run():
-        return model_files.register(model, model.config, lookup.registered_name(dataset, depth, width), version_tags,
+        return model_files.register(model, model.config, registered_name(dataset, depth, width), version_tags,
                                     {"dataset": dataset}, example=EXAMPLE)
 
 

@@ -144,7 +144,11 @@ def test_mismatched_batches_across_models_are_refused():
 
 
 def test_the_analysis_options_refuse_the_batches_the_estimator_refuses():
-    from analysis.config import MIN_HSIC_BATCH
-    from analysis.science.cka import MIN_BATCH
+    from analysis.config import MIN_HSIC_BATCH, AnalysisOptions
 
-    assert MIN_HSIC_BATCH == MIN_BATCH  # config checks parameters up front with the estimator's own bound
+    AnalysisOptions(batch_size=MIN_HSIC_BATCH)
+    with pytest.raises(ValueError, match="batch_size"):
+        AnalysisOptions(batch_size=MIN_HSIC_BATCH - 1)
+    MinibatchCKA().update([torch.randn(MIN_HSIC_BATCH, 4)])
+    with pytest.raises(ValueError, match="too small for unbiased HSIC"):
+        MinibatchCKA().update([torch.randn(MIN_HSIC_BATCH - 1, 4)])

@@ -26,6 +26,7 @@ from analysis.store import contract as c
 from analysis.training import distributed, train
 from analysis.training.batches import EpochBatches
 from analysis.training.loop import cosine_lr, use_channels_last
+from analysis.training.settings import model_config
 from tests.conftest import REPO
 
 # 2 processes, global batch 20 (10 each), 3 steps of a ResNet-8 at width 0.5.
@@ -56,9 +57,9 @@ def _one_process_on_the_global_batch(data, world: int) -> dict[str, torch.Tensor
     """The reference: one process, each global batch's slices through BatchNorm apart (as the
     ranks see them), the mean of their losses as the step's loss."""
     torch.manual_seed(CONFIG.seed)
-    model_config = CONFIG.model_config(data.num_classes)
-    channels_last = use_channels_last(CONFIG.channels_last, model_config, torch.device("cpu"))
-    model = prepare_model(build_model(model_config), torch.device("cpu"), channels_last)
+    network = model_config(CONFIG, data.num_classes)
+    channels_last = use_channels_last(CONFIG.channels_last, network, torch.device("cpu"))
+    model = prepare_model(build_model(network), torch.device("cpu"), channels_last)
     kernels, others = decayed_parameters(model)
     optimizer = torch.optim.SGD([{"params": kernels, "weight_decay": CONFIG.weight_decay}, {"params": others, "weight_decay": 0.0}],
                                 lr=CONFIG.lr, momentum=CONFIG.momentum)
@@ -84,7 +85,7 @@ def test_two_gloo_processes_end_with_the_weights_of_one_process_on_the_global_ba
     reference = _one_process_on_the_global_batch(load_dataset("cifar10", tiny_data), world=2)
     assert ddp.keys() == reference.keys()
     torch.manual_seed(CONFIG.seed)
-    start = dict(build_model(CONFIG.model_config(10)).named_parameters())
+    start = dict(build_model(model_config(CONFIG, 10)).named_parameters())
     moved = max(float((reference[k] - start[k].detach()).abs().max()) for k in reference)
     assert moved > 100 * WEIGHT_TOLERANCE  # training moved the weights well beyond the tolerance
     for k in reference:

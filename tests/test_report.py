@@ -19,6 +19,7 @@ from analysis.science.explain import ModelReport, explanation_metrics
 from analysis.science.predictions import compare_groups
 from analysis.store import contract as c
 from analysis.store import queries
+from analysis.store.summary import ModelSummary
 from tests.fake_store import register_model, uri
 
 NAMES = [f"stage1.block{i}.relu" for i in range(1, 9)]
@@ -53,7 +54,7 @@ def analysed_pair() -> list[str]:
                 mlflow.set_tags({c.KIND: "analyze", c.ANALYSIS_MODEL_URI: uri(v), c.MODEL_NAME: v.name,
                                  c.MODEL_VERSION: str(v.version), **{k: v.tags[k] for k in c.VERSION_CONFIG}})
                 mlflow.log_metrics(report.metrics)
-                write_model_report(Path(tmp), report, "0.97", {"model_uri": uri(v)})
+                write_model_report(Path(tmp), report, ModelSummary(uri(v), [], {}, []), 0.97)
                 mlflow.log_artifacts(tmp, c.CKA_DIR)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / c.cross_dir(*labels)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from analysis.training import checkpoints
+from analysis.training import settings, checkpoints
 from analysis.config import TrainConfig
 from analysis.data import load_dataset
 from analysis.nets import ModelConfig
@@ -125,12 +125,22 @@ def test_diverging_loss_is_an_error_naming_lr(data):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("data_fraction", 0.0), ("data_fraction", 1.5), ("epochs", 0), ("batch_size", 1), ("lr", -1.0),
-    ("dataset", "mnist"), ("device", "tpu"), ("depth", 21), ("width", 0.0),
+    ("data_fraction", 0.0), ("data_fraction", 1.5), ("epochs", 0), ("batch_size", 1), ("lr", -1.0), ("device", "tpu"),
 ])
 def test_bad_config_values_are_named(field, value):
     with pytest.raises(ValueError, match=f"{field}={value!r}"):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field,value", [
+    ("dataset", "mnist"), ("depth", 21), ("width", 0.0), ("arch", "vgg"), ("pc1_penalty_layers", "stage4"),
+])
+def test_settings_that_name_nothing_that_exists_are_named(field, value):
+    config = TrainConfig(**{field: value, "pc1_penalty": 0.1})  # a config holds values; what they name is checked apart
+    with pytest.raises(ValueError, match=f"{field}={value!r}"):
+        settings.check(config)
+    with pytest.raises(ValueError, match=f"{field}={value!r}"):
+        train(config, None, progress=False)  # and again where training starts
 
 
 def test_fraction_leaving_fewer_examples_than_a_batch(data):

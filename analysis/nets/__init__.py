@@ -2,17 +2,17 @@
 
 from torch import nn
 
-from .bottleneck import BottleneckResNet
+from . import families  # noqa: F401  (registers every family)
+from .family import (Family, ModelConfig, families as all_families, family, layer_names, penalised_layers, probe_layers,
+                     registered_name, residual_blocks)
 from .forward import as_input, evaluate, feature_widths, flat_features, predict_logits, stream, tapped
-from .resnet import ARCHS, ModelConfig, ResNet, decayed_parameters, layer_names, penalised_layers, residual_blocks
+from .layers import decayed_parameters
 
-__all__ = ["ARCHS", "ModelConfig", "ResNet", "BottleneckResNet", "build_model", "decayed_parameters", "layer_names",
-           "penalised_layers", "residual_blocks", "as_input", "flat_features", "tapped", "stream", "feature_widths",
-           "predict_logits", "evaluate"]
-
-FAMILIES = {"resnet": ResNet, "resnet50": BottleneckResNet}
+__all__ = ["Family", "family", "all_families", "ModelConfig", "build_model",
+           "decayed_parameters", "layer_names", "penalised_layers", "probe_layers", "registered_name", "residual_blocks",
+           "as_input", "flat_features", "tapped", "stream", "feature_widths", "predict_logits", "evaluate"]
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The network of `config`'s family (arch), freshly initialised."""
-    return FAMILIES[config.arch](config)
+    return config.family.network(config)

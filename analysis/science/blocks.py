@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config import BLOCK_MIN_FRAC, BLOCK_MIN_LAYERS, BLOCK_THRESHOLD
+from ..store import contract as c
 
 __all__ = ["Block", "find_blocks", "block_metrics", "mean_off_diagonal", "in_block_mask", "layers_in_blocks", "mask_spans"]
 
@@ -107,13 +108,13 @@ def block_metrics(blocks: Sequence[Block], num_layers: int) -> dict[str, float]:
     """Summary numbers logged as MLflow metrics and registry tags. `block_mean_cka` (of the
     largest block) is absent when there is no block, rather than a made-up value."""
     metrics = {
-        "block_count": float(len(blocks)),
-        "block_largest_frac": 0.0,
-        "block_total_frac": sum(b.length for b in blocks) / num_layers,
+        c.BLOCK_COUNT: float(len(blocks)),
+        c.BLOCK_LARGEST_FRAC: 0.0,
+        c.BLOCK_TOTAL_FRAC: sum(b.length for b in blocks) / num_layers,
     }
     if blocks:
         largest = max(blocks, key=lambda b: b.length)
-        metrics.update(block_largest_frac=largest.fraction, block_mean_cka=largest.mean_cka)
+        metrics.update({c.BLOCK_LARGEST_FRAC: largest.fraction, c.BLOCK_MEAN_CKA: largest.mean_cka})
     return metrics
 
 

@@ -23,9 +23,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["MIN_BATCH", "centred", "gram", "u_center", "double_center", "cka", "MinibatchCKA"]
+from ..config import MIN_HSIC_BATCH
 
-MIN_BATCH = 4  # HSIC1 divides by n - 3 and n - 2
+__all__ = ["centred", "gram", "u_center", "double_center", "cka", "MinibatchCKA"]
 
 
 def centred(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -107,8 +107,8 @@ class MinibatchCKA:
         """Add one batch given its Grams, stacked (L, n, n), float64 recommended. `consume`: float64
         Grams the caller no longer needs are U-centred in place (saves a copy of the stack)."""
         n = grams_a.shape[-1]
-        if n < MIN_BATCH:
-            raise ValueError(f"a minibatch of {n} examples is too small for unbiased HSIC; use batch_size >= {MIN_BATCH}")
+        if n < MIN_HSIC_BATCH:
+            raise ValueError(f"a minibatch of {n} examples is too small for unbiased HSIC; use batch_size >= {MIN_HSIC_BATCH}")
         if grams_b is not None and grams_b.shape[-1] != n:
             raise ValueError(f"model A saw {n} examples and model B {grams_b.shape[-1]}; pass the same batch to both")
         ua = u_center(grams_a.to(torch.float64), inplace=consume).flatten(1)

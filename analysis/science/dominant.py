@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..data import Images, take
+from ..store import contract as c
 from .blocks import Block, in_block_mask, mask_spans
 
 __all__ = ["Dominant", "DominantGroup", "find_dominant", "example_shares", "top_examples", "jaccard", "region_overlaps",
@@ -142,7 +143,7 @@ def dominant_metrics(found: Dominant, blocks: list[Block]) -> dict[str, float]:
     inside, outside = region_overlaps(found.overlap, blocks)
     top_share = found.top_share
     mask = in_block_mask(blocks, len(top_share))
-    out = {"dominant_overlap_in_block": inside, "dominant_overlap_outside": outside,
-           f"dominant_share_top{found.k}": float(top_share.mean()),
-           "dominant_share_in_block": float(top_share[mask].mean()) if mask.any() else float("nan")}
+    out = {c.DOMINANT_OVERLAP_IN_BLOCK: inside, c.DOMINANT_OVERLAP_OUTSIDE: outside,
+           c.dominant_share_top(found.k): float(top_share.mean()),
+           c.DOMINANT_SHARE_IN_BLOCK: float(top_share[mask].mean()) if mask.any() else float("nan")}
     return {key: value for key, value in out.items() if np.isfinite(value)}

@@ -22,6 +22,7 @@ import torch
 
 from ..config import FITS_TRAINING_SET
 from ..data import indices_hash, subset_indices
+from ..store import contract as c
 from .blocks import Block, block_metrics, in_block_mask, layers_in_blocks, mean_off_diagonal
 from .dominant import Dominant, dominant_metrics
 
@@ -54,7 +55,7 @@ class ModelReport:
 
 def base_metrics(blocks: list[Block], num_layers: int, accuracy: float) -> dict[str, float]:
     """Block metrics plus the model's accuracy on the analysed examples."""
-    return {**block_metrics(blocks, num_layers), "analysis_test_accuracy": accuracy}
+    return {**block_metrics(blocks, num_layers), c.ANALYSIS_ACCURACY: accuracy}
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -67,21 +68,21 @@ def explanation_metrics(report: ModelReport) -> dict[str, float]:
     out: dict[str, float | None] = {}
     if report.pc1_share is not None:
         mask = in_block_mask(found, len(names))
-        out["pc1_share_in_block"] = _mean(report.pc1_share[mask])
-        out["pc1_share_outside"] = _mean(report.pc1_share[~mask])
+        out[c.PC1_SHARE_IN_BLOCK] = _mean(report.pc1_share[mask])
+        out[c.PC1_SHARE_OUTSIDE] = _mean(report.pc1_share[~mask])
         if largest:
-            out["block_mean_cka_without_pc1"] = mean_off_diagonal(report.cka_without_pc1, largest.start, largest.end)
+            out[c.BLOCK_MEAN_CKA_WITHOUT_PC1] = mean_off_diagonal(report.cka_without_pc1, largest.start, largest.end)
     if report.probe_accuracy and largest:
         acc = dict(zip(report.probe_names, next(iter(report.probe_accuracy.values()))))
         inside = [n for n in report.probe_names if n.endswith(".relu") and n in names[largest.start : largest.end + 1]]
         if len(inside) >= 2:
-            out["probe_gain_in_block"] = acc[inside[-1]] - acc[inside[0]]
+            out[c.PROBE_GAIN_IN_BLOCK] = acc[inside[-1]] - acc[inside[0]]
     if report.deletion is not None:
-        base = report.metrics["analysis_test_accuracy"]
+        base = report.metrics[c.ANALYSIS_ACCURACY]
         drops = np.array([base - a for a in report.deletion.values()])
         mask = layers_in_blocks(found, names, [f"{b}.relu" for b in report.deletion])
-        out["deletion_drop_in_block"] = _mean(drops[mask])
-        out["deletion_drop_outside"] = _mean(drops[~mask])
+        out[c.DELETION_DROP_IN_BLOCK] = _mean(drops[mask])
+        out[c.DELETION_DROP_OUTSIDE] = _mean(drops[~mask])
     if report.dominant is not None:
         out.update(dominant_metrics(report.dominant, found))
     return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
@@ -125,5 +126,5 @@ def cross_seed_similarity(cross: np.ndarray, blocks_a: list) -> dict[str, float]
     model A's blocks and outside them; NaN where a side is empty."""
     diag = np.diag(cross)
     mask = in_block_mask(blocks_a, len(diag))
-    return {"same_layer_cka_in_block": float(diag[mask].mean()) if mask.any() else np.nan,
-            "same_layer_cka_outside": float(diag[~mask].mean()) if (~mask).any() else np.nan}
+    return {c.SAME_LAYER_CKA_IN_BLOCK: float(diag[mask].mean()) if mask.any() else np.nan,
+            c.SAME_LAYER_CKA_OUTSIDE: float(diag[~mask].mean()) if (~mask).any() else np.nan}

@@ -23,6 +23,8 @@ from itertools import combinations
 import numpy as np
 from scipy import stats
 
+from ..store import contract as c
+
 __all__ = ["agreement_matrix", "per_class_accuracy", "GroupComparison", "compare_groups"]
 
 
@@ -68,11 +70,11 @@ class GroupComparison:
 
     def metrics(self) -> dict[str, float]:
         return {
-            "within_disagreement": self.within_disagreement,
-            "cross_disagreement": self.cross_disagreement,
-            "cross_vs_within_disagreement": self.cross_disagreement - self.within_disagreement,
-            "disagreement_p_value": self.disagreement_p_value,
-            "n_significant_classes": float(len(self.significant_classes)),
+            c.WITHIN_DISAGREEMENT: self.within_disagreement,
+            c.CROSS_DISAGREEMENT: self.cross_disagreement,
+            c.CROSS_VS_WITHIN_DISAGREEMENT: self.cross_disagreement - self.within_disagreement,
+            c.DISAGREEMENT_P_VALUE: self.disagreement_p_value,
+            c.N_SIGNIFICANT_CLASSES: float(len(self.significant_classes)),
         }
 
 

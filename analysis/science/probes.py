@@ -25,14 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PROBE_MEMORY_BYTES, PROBE_RIDGE
-from ..nets import ModelConfig, feature_widths, flat_features, residual_blocks, stream
+from ..nets import feature_widths, flat_features, stream
 
-__all__ = ["LinearProbes", "probe_layers", "fit_probes", "probe_accuracy"]
-
-
-def probe_layers(config: ModelConfig) -> list[str]:
-    """For each residual block: the BN before the add, then the block's output."""
-    return [f"{b}.{layer}" for b in residual_blocks(config) for layer in (config.pre_add_bn, "relu")]
+__all__ = ["LinearProbes", "fit_probes", "probe_accuracy"]
 
 
 def pooled(out: torch.Tensor, pool: int) -> torch.Tensor:

@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..nets import flat_features, stream
-from .cka import MIN_BATCH, MinibatchCKA
+from ..config import MIN_HSIC_BATCH
+from .cka import MinibatchCKA
 
 __all__ = ["VARIANTS", "ModelCKA", "pass_batches", "batch_reductions", "model_cka", "float64_cka"]
 
@@ -48,10 +49,10 @@ class ModelCKA:
 
 def pass_batches(num_examples: int, batch_size: int, passes: int, seed: int) -> list[torch.Tensor]:
     """Index batches for `passes` reshuffled passes over the examples."""
-    if batch_size < MIN_BATCH:
-        raise ValueError(f"batch_size={batch_size} is too small for unbiased HSIC; use >= {MIN_BATCH} (the paper: 256)")
-    if num_examples < MIN_BATCH:
-        raise ValueError(f"num_examples={num_examples} is too small for unbiased HSIC; use >= {MIN_BATCH}")
+    if batch_size < MIN_HSIC_BATCH:
+        raise ValueError(f"batch_size={batch_size} is too small for unbiased HSIC; use >= {MIN_HSIC_BATCH} (the paper: 256)")
+    if num_examples < MIN_HSIC_BATCH:
+        raise ValueError(f"num_examples={num_examples} is too small for unbiased HSIC; use >= {MIN_HSIC_BATCH}")
     if passes < 1:
         raise ValueError(f"passes={passes} must be >= 1 (the paper: 10)")
     size = min(batch_size, num_examples)

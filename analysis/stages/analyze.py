@@ -33,20 +33,21 @@ from mlflow import MlflowClient
 from tqdm.auto import tqdm
 
 from ..config import AnalysisOptions
-from ..data import ImageData, load_dataset, take
+from ..data import ImageData, take
 from ..device import resolve_device
-from ..nets import layer_names
+from ..nets import layer_names, probe_layers
 from ..render import write_heatmap, write_history, write_matrix, write_model_report
 from ..science.blocks import find_blocks
 from ..science.deletion import deletion_accuracy
 from ..science.dominant import find_dominant
 from ..science.explain import ModelReport, base_metrics, explanation_metrics, fit_to_training_set, probe_training_indices
 from ..science.pca import estimate_pc1
-from ..science.probes import fit_probes, probe_accuracy, probe_layers
+from ..science.probes import fit_probes, probe_accuracy
 from ..science.similarity import ModelCKA, model_cka
 from ..store import contract as c
 from ..store.datasets import log_analysed_examples
-from ..store.lookup import tag_value
+from ..store.summary import ModelSummary
+from ..store.versions import tag_value
 from ..store.model_files import LoadedModel, TrainedData, build_with_weights, load_model, trained_data, training_snapshots
 from ..store.tracking import stage_run
 
@@ -71,7 +72,7 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
     with stage_run("analyze", run_name or f"analyze-{len(uris)}-models", params) as run:
         loaded = [load_model(uri, resolve_device(device)) for uri in uris]
         trained = check_dataset(loaded, dataset)
-        data = load_dataset(trained.dataset, data_dir or None, trained.image_size, stream=trained.streamed)
+        data = trained.load(data_dir)
         examples = example_indices(len(data.test_x), options)
         log_analysed_examples(data, examples)
         snapshots = [training_snapshots(m) if options.history else [] for m in loaded]  # refused before any work
@@ -123,8 +124,7 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
         found = find_blocks(joint.within(i), names[i])
         report = ModelReport(label=m.label, names=names[i], cka=joint.within(i), blocks=found,
                              metrics=base_metrics(found, len(names[i]), joint.accuracy[i]))
-        train_accuracy = m.tags.get(c.TRAIN_ACCURACY)
-        if (fit := fit_to_training_set(None if train_accuracy is None else float(train_accuracy), m.label)) is not None:
+        if (fit := fit_to_training_set(m.info.train_accuracy, m.label)) is not None:
             report.metrics[c.FITS_TRAINING_SET_METRIC] = fit
         if pcs is not None:
             report.cka_without_pc1 = joint.within(i, "without_pc1")
@@ -135,9 +135,9 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
         if "probes" in options.analyses:
             report.probe_names = probe_layers(m.config)
             for train_set in (("subset", "full") if options.probe_train == "both" else (options.probe_train,)):
-                index = probe_training_indices(
-                    data.train_y, train_set, float(m.training.get("data_fraction", m.tags.get("data_fraction", 1))),
-                    int(m.training.get("subset_seed", 0)), m.tags.get(c.SUBSET_HASH), options.probe_examples, m.uri)
+                index = probe_training_indices(data.train_y, train_set, m.info.data_fraction or 1.0,
+                                               int(m.training.get("subset_seed", 0)), m.info.subset_hash,
+                                               options.probe_examples, m.uri)
                 probes = fit_probes(m.model, report.probe_names, take(data.train_x, index), data.train_y[index], data.num_classes,
                                     pool=options.probe_pool, progress=progress, bf16=options.bf16)
                 report.probe_accuracy[train_set] = probe_accuracy(m.model, probes, images, targets, progress=progress,
@@ -169,8 +169,8 @@ def history_metrics(report: ModelReport) -> dict[str, float]:
     """What one snapshot's analysis logs at step = epoch: its metrics and PC1's share over all layers."""
     out = dict(report.metrics)
     if report.pc1_share is not None:
-        out.update(pc1_share_mean=float(np.mean(report.pc1_share)), pc1_share_max=float(np.max(report.pc1_share)))
-    return {f"{c.HISTORY_DIR}/{k}": v for k, v in out.items()}
+        out.update({c.PC1_SHARE_MEAN: float(np.mean(report.pc1_share)), c.PC1_SHARE_MAX: float(np.max(report.pc1_share))})
+    return {c.history_metric(k): v for k, v in out.items()}
 
 
 def _log(reports: Sequence[ModelReport], histories: Sequence[list[tuple[int, ModelReport]]], loaded: Sequence[LoadedModel], joint: ModelCKA, options: AnalysisOptions,
@@ -178,13 +178,13 @@ def _log(reports: Sequence[ModelReport], histories: Sequence[list[tuple[int, Mod
     """One child run per model under the active run, which gets the cross matrices."""
     common = {"num_examples": joint.num_examples, "batches": joint.batches, "passes": options.passes,
               "batch_size": options.batch_size, "layers": options.layers, "analyses": list(options.analyses),
-              "probe_pool": options.probe_pool, "precision": options.precision}
+              "probe_pool": options.probe_pool, "precision": options.precision}  # fields of every model's ModelSummary
     mlflow.set_tag(c.ANALYSIS_MODELS, ",".join(m.uri for m in loaded))
     mlflow.log_param("analysed_examples", joint.num_examples)
     run_ids = []
     for report, history, m in zip(reports, histories, loaded):
         with stage_run("analyze", run_name=m.label) as child:
-            mlflow.log_params({k: m.tags[k] for k in c.VERSION_CONFIG if k in m.tags})
+            mlflow.log_params(m.info.config_tags)
             log_examples()
             _log_model(report, m, common, child.info.run_id)
             if history:
@@ -199,8 +199,8 @@ def _log(reports: Sequence[ModelReport], histories: Sequence[list[tuple[int, Mod
             for i, j in combinations(range(len(reports)), 2):
                 a, b = reports[i], reports[j]
                 out = Path(tmp) / c.cross_dir(a.label, b.label)
-                write_matrix(out, "cka", joint.cross(i, j), a.names, b.names)
-                write_heatmap(out, "heatmap", joint.cross(i, j), a.names, b.names, title=f"{a.label} (y) vs {b.label} (x)")
+                write_matrix(out, c.MATRIX, joint.cross(i, j), a.names, b.names)
+                write_heatmap(out, c.HEATMAP, joint.cross(i, j), a.names, b.names, title=f"{a.label} (y) vs {b.label} (x)")
             mlflow.log_artifacts(tmp)
     return run_ids
 
@@ -208,12 +208,13 @@ def _log(reports: Sequence[ModelReport], histories: Sequence[list[tuple[int, Mod
 def _log_model(report: ModelReport, m: LoadedModel, common: dict, run_id: str) -> None:
     mlflow.set_tags({
         c.ANALYSIS_MODEL_URI: m.uri, c.MODEL_NAME: m.name, c.MODEL_VERSION: m.version, c.TRAIN_RUN_ID: m.run_id or "",
-        **{k: m.tags[k] for k in (*c.VERSION_CONFIG, c.TRAIN_ACCURACY) if k in m.tags},
+        **m.info.to_tags((*c.VERSION_CONFIG, c.TRAIN_ACCURACY)),
     })
     mlflow.log_metrics(report.metrics)
     with tempfile.TemporaryDirectory() as tmp:
-        summary = {"model_uri": m.uri, "train_run_id": m.run_id, "version_tags": m.tags, **common}
-        write_model_report(Path(tmp), report, m.tags.get(c.TRAIN_ACCURACY, "?"), summary)
+        summary = ModelSummary(model_uri=m.uri, layer_names=report.names, metrics=report.metrics, blocks=[],
+                               train_run_id=m.run_id, version_tags=m.tags, **common)
+        write_model_report(Path(tmp), report, summary, m.info.train_accuracy)
         mlflow.log_artifacts(tmp, c.CKA_DIR)
     client = MlflowClient()
     for key, value in {**report.metrics, c.ANALYSIS_RUN_ID: run_id}.items():

@@ -18,7 +18,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from ..data import ImageData, load_dataset
+from ..data import ImageData
 from ..device import resolve_device
 from ..nets import predict_logits
 from ..render import write_predictions
@@ -61,7 +61,7 @@ def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutati
         if set(a) & set(b):
             raise ValueError(f"groups share models {sorted(set(a) & set(b))}; the groups must be disjoint")
         trained = trained_data([resolve_version(u).tags for u in [*a, *b]])
-        data = load_dataset(trained.dataset, data_dir or None, trained.image_size, stream=trained.streamed)
+        data = trained.load(data_dir)
         with tempfile.TemporaryDirectory() as tmp:
             logits = [_cached_logits(u, resolve_device(device), data, run.info.run_id, Path(tmp) / c.LOGITS_DIR)
                       for u in [*a, *b]]

@@ -21,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import socket
-import subprocess
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable
 
 import mlflow
 import optuna
@@ -35,19 +35,34 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..config import SWEEP_MAX_RETRIES, Grid, TrainConfig
-from ..data import load_dataset
 from ..store import contract as c
 from ..store.studies import GRACE_SECONDS, HEARTBEAT_SECONDS, open_study, redact, storage
-from ..store.tracking import mark_dead_run, process_alive, stage_run
-from ..training import train
+from ..store.tracking import first_line, mark_dead_run, process_alive, stage_run
+from ..store.versions import VersionInfo
+from ..training import settings, train
 from .train import cell_label, registered_version, train_stage
 
-__all__ = ["MODES", "WORKER_PARENT_ENV", "default_study_name", "grid_study", "run_grid", "work", "sweep_stage"]
+__all__ = ["MODES", "SweepWork", "default_study_name", "grid_study", "run_grid", "work", "sweep_stage"]
 
 MODES = ("grid", "search", "setup")
 WORKER_ATTR = "worker"  # trial user attr: host:pid of the process training the cell
 GRID_SAMPLER_SEED = 0  # the same in every worker, or grid points are missed
-WORKER_PARENT_ENV = "WIDEDEEP_SWEEP_PARENT"  # set in helper workers: the sweep run their cells nest under
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepWork:
+    """One worker's share of a sweep, as data: the helper processes of a sweep receive it whole
+    (pickled by multiprocessing), so they train exactly what the sweep was given."""
+
+    mode: str
+    grid: Grid
+    base: TrainConfig  # every setting of the cells but their depth, width, seed and data fraction
+    url: str  # the Optuna storage
+    name: str  # the study
+    parent_run_id: str  # the sweep run the cells nest under
+    tracking_uri: str
+    n_trials: int = 20  # search mode: trials per worker
+    val_fraction: float = 0.1  # search mode: held-out share of the training subset
 
 
 def default_study_name(grid: Grid, base: TrainConfig) -> str:
@@ -85,7 +100,8 @@ def grid_objective(grid: Grid, base: TrainConfig, parent_run_id: str) -> Callabl
         done = registered_version(config, experiment_id)
         if done is not None:
             trial.set_user_attr("registered", c.model_uri(done.name, done.version))
-            return float(done.tags.get(c.TEST_ACCURACY, "nan"))
+            accuracy = VersionInfo.from_tags(done.tags).test_accuracy
+            return float("nan") if accuracy is None else accuracy
         outcome = train_stage(config, parent_run_id=parent_run_id, progress=False,
                               tags={c.SWEEP_TRIAL: str(trial.number), c.SWEEP_STUDY: trial.study.study_name},
                               on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
@@ -157,7 +173,7 @@ def _unfinished_cells(study: optuna.Study, grid: Grid) -> list[tuple[dict, set[T
 
 def search_objective(base: TrainConfig, parent_run_id: str, val_fraction: float) -> Callable[[optuna.Trial], float]:
     """lr and weight decay for one architecture, scored on a held-out part of the training subset."""
-    data = load_dataset(base.dataset, base.data_dir or None, base.image_size, stream=base.streamed)
+    data = settings.training_data(base)
 
     def objective(trial: optuna.Trial) -> float:
         config = dataclasses.replace(
@@ -188,29 +204,14 @@ def search_objective(base: TrainConfig, parent_run_id: str, val_fraction: float)
     return objective
 
 
-def work(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, parent: str, n_trials: int,
-         val_fraction: float) -> None:
-    """One worker's share of the sweep, its cells nested under the sweep run `parent`."""
-    if mode == "grid":
-        run_grid(grid_study(url, name, grid), grid, base, parent)
+def work(spec: SweepWork) -> None:
+    """One worker's share of the sweep, its cells nested under the sweep run."""
+    if spec.mode == "grid":
+        run_grid(grid_study(spec.url, spec.name, spec.grid), spec.grid, spec.base, spec.parent_run_id)
     else:
-        study = open_study(url, f"{name}-search", sampler=optuna.samplers.TPESampler(seed=None),
+        study = open_study(spec.url, f"{spec.name}-search", sampler=optuna.samplers.TPESampler(seed=None),
                            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
-        study.optimize(search_objective(base, parent, val_fraction), n_trials=n_trials)
-
-
-def worker_command(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, n_trials: int,
-                   val_fraction: float) -> list[str]:
-    """The sweep entry point's arguments for a helper worker of this very sweep."""
-    def values(xs: Sequence) -> str:
-        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in xs)
-
-    return ["-m", "entrypoints.sweep", "--mode", mode, "--depths", values(grid.depths), "--widths", values(grid.widths),
-            "--seeds", values(grid.seeds), "--data_fractions", values(grid.data_fractions), "--storage", url,
-            "--study", name, "--n_trials", str(n_trials), "--val_fraction", str(val_fraction), "--epochs", str(base.epochs),
-            "--batch_size", str(base.batch_size), "--lr", repr(base.lr), "--momentum", repr(base.momentum),
-            "--weight_decay", repr(base.weight_decay), "--dataset", base.dataset, "--data_dir", base.data_dir,
-            "--device", base.device, "--eval_every", str(base.eval_every), "--compile", str(base.compile).lower()]
+        study.optimize(search_objective(spec.base, spec.parent_run_id, spec.val_fraction), n_trials=spec.n_trials)
 
 
 def sweep_stage(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, workers: int = 1, n_trials: int = 20,
@@ -221,6 +222,7 @@ def sweep_stage(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, w
         raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
     if workers < 1:
         raise ValueError(f"workers={workers} must be >= 1")
+    settings.check_grid(grid, base)
     with stage_run("sweep", f"sweep-{name}", params) as run:
         mlflow.set_tags({c.SWEEP_STUDY: name, c.SWEEP_STORAGE: redact(url), c.SWEEP_MODE: mode,
                          c.SWEEP_GRID_SIZE: str(grid.size)})
@@ -229,27 +231,43 @@ def sweep_stage(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, w
         if mode == "setup":
             print(f"study {name!r} ready in {redact(url)}; start workers with -P study={name}")
             return run.info.run_id
-        helpers = _start_helpers(workers - 1, run.info.run_id,
-                                 worker_command(mode, grid, base, url, name, n_trials, val_fraction))
+        spec = SweepWork(mode, grid, base, url, name, run.info.run_id, mlflow.get_tracking_uri(), n_trials, val_fraction)
+        helpers = _start_helpers(workers - 1, spec)
         try:
-            work(mode, grid, base, url, name, run.info.run_id, n_trials, val_fraction)
+            work(spec)
         finally:
-            failed = [p.args for p in helpers if p.wait() != 0]
+            for helper in helpers:
+                helper.join()
+        failed = [h.pid for h in helpers if h.exitcode != 0]
         if failed:
             raise RuntimeError(f"{len(failed)} worker process(es) failed; rerun the same command to finish the grid")
         _summarise(url, name if mode == "grid" else f"{name}-search")
     return run.info.run_id
 
 
-def _start_helpers(count: int, parent_run_id: str, command: Sequence[str]) -> list[subprocess.Popen]:
-    """count more worker processes of the same command, sharing the cores between all."""
+def _start_helpers(count: int, spec: SweepWork) -> list[multiprocessing.Process]:
+    """`count` more worker processes of the same sweep, sharing this machine's cores with this one."""
     if count == 0:
         return []
     threads = max(1, (os.cpu_count() or 1) // (count + 1))
     torch.set_num_threads(threads)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-    env.update({WORKER_PARENT_ENV: parent_run_id, "OMP_NUM_THREADS": str(threads)})
-    return [subprocess.Popen([sys.executable, *command], env=env) for _ in range(count)]
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked CUDA or thread state
+    helpers = [context.Process(target=_helper, args=(spec, threads), name=f"sweep-helper-{k}") for k in range(count)]
+    for helper in helpers:
+        helper.start()
+    return helpers
+
+
+def _helper(spec: SweepWork, threads: int) -> None:
+    """A helper worker: the sweep's work in this process; an error ends it in one line (exit 2)."""
+    os.environ.pop("MLFLOW_RUN_ID", None)  # its cells nest under the sweep run, not the run `mlflow run` created
+    mlflow.set_tracking_uri(spec.tracking_uri)
+    torch.set_num_threads(threads)
+    try:
+        work(spec)
+    except Exception as err:
+        print(f"error: {first_line(err)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _summarise(url: str, name: str) -> None:

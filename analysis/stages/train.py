@@ -10,7 +10,10 @@ from; the others run `follow_stage`, which trains beside it and records nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -18,17 +21,48 @@ from typing import Callable
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
-from ..config import PRESET_FIELDS, TrainConfig
-from ..data import SKIP_BAD_IMAGES_ENV, load_dataset, subset_indices
+from ..config import TrainConfig, short_number
+from ..data import SKIP_BAD_IMAGES_ENV, subset_indices
+from ..nets import registered_name
 from ..store import contract as c
-from ..store.lookup import find_versions, registered_name, tag_value
+from ..store.lookup import find_versions
+from ..store.versions import VersionInfo
 from ..store import model_files
 from ..store.datasets import log_training_data
 from ..store.tracking import log_params_once, mark_dead_run, stage_run
 from ..training import TrainResult, train
-from ..training import checkpoints, distributed
+from ..training import checkpoints, distributed, settings
 
-__all__ = ["TrainOutcome", "train_stage", "follow_stage", "launch_stage", "registered_version", "cell_label"]
+__all__ = ["TrainRequest", "TrainOutcome", "train_stage", "follow_stage", "launch_stage", "registered_version",
+           "cell_label", "REQUEST_ENV"]
+
+REQUEST_ENV = "WIDEDEEP_TRAIN_REQUEST"  # set for the processes launch_stage starts: the path of the request's JSON
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRequest:
+    """One training as its entry point resolved it: the config, the parameters as the user gave
+    them (logged beside the config), and the settings left to the preset (logged once more as
+    `<name>_resolved`, since `mlflow run` logs them as 'auto'). Data-parallel processes receive it
+    whole from the process that launched them, never as a command line rebuilt from it."""
+
+    config: TrainConfig
+    params: dict = dataclasses.field(default_factory=dict)
+    from_preset: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({"config": self.config.to_dict(), "params": self.params, "from_preset": list(self.from_preset)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainRequest":
+        fields = json.loads(text)
+        return cls(TrainConfig.from_dict(fields["config"]), fields["params"], tuple(fields["from_preset"]))
+
+    @classmethod
+    def handed_over(cls) -> "TrainRequest | None":
+        """The request of the process that launched this one (launch_stage), if it did."""
+        path = os.environ.get(REQUEST_ENV)
+        return cls.from_json(Path(path).read_text()) if path else None
 
 
 @dataclasses.dataclass
@@ -44,17 +78,12 @@ class TrainOutcome:
 
 def cell_label(config: TrainConfig) -> str:
     """'d56-w2-s3-f0.25': the grid cell of a training, for run names."""
-    return f"d{config.depth}-w{config.width:g}-s{config.seed}-f{config.data_fraction:g}"
+    return f"d{config.depth}-w{short_number(config.width)}-s{config.seed}-f{short_number(config.data_fraction)}"
 
 
 EXAMPLE_IMAGES = 2  # test images stored with each model as its input example
-
-
-def model_params(config: TrainConfig) -> dict:
-    """What a logged model records about its training: the architecture and the recipe."""
-    fields = dataclasses.asdict(config)
-    return {k: fields[k] for k in ("arch", "depth", "width", "seed", "data_fraction", "subset_seed", "dataset", "image_size",
-                                   "epochs", "batch_size", "lr", "momentum", "weight_decay")}
+MODEL_PARAMS = ("arch", "depth", "width", "seed", "data_fraction", "subset_seed", "dataset", "image_size", "epochs",
+                "batch_size", "lr", "momentum", "weight_decay")  # what a logged model records: the architecture and the recipe
 
 
 def fingerprint_in_this_store(config: TrainConfig, experiment_id: str) -> str:
@@ -71,17 +100,17 @@ def registered_version(config: TrainConfig, experiment_id: str) -> ModelVersion 
 
 def train_stage(config: TrainConfig, params: dict | None = None, parent_run_id: str | None = None,
                 tags: dict[str, str] | None = None, on_run: Callable[[str], None] | None = None,
-                progress: bool | None = None) -> TrainOutcome:
+                progress: bool | None = None, from_preset: tuple[str, ...] = ()) -> TrainOutcome:
     """Train and register one model in its own run (the entry point's, or a child of the active
     run or of `parent_run_id`). `params`: what the caller was given, logged beside the config;
+    `from_preset`: the settings the preset chose, logged again as `<name>_resolved`;
     `on_run(run_id)` is called once the run exists, before training starts."""
+    settings.check(config)
     with stage_run("train", f"train-{cell_label(config)}", parent_run_id=parent_run_id) as run:
         if on_run:
             on_run(run.info.run_id)
-        log_params_once({**dataclasses.asdict(config), **(params or {})})
-        # `mlflow run` logged what it was given: settings left to the preset also get their values.
-        given = mlflow.get_run(run.info.run_id).data.params
-        log_params_once({f"{k}_resolved": getattr(config, k) for k in (*PRESET_FIELDS, "depth") if given.get(k) in ("auto", "0")})
+        log_params_once({**config.to_dict(), **(params or {})})
+        log_params_once({f"{k}_resolved": getattr(config, k) for k in from_preset})
         if tags:
             mlflow.set_tags(tags)
         result, version = _train_and_register(config, run.info.run_id, run.info.experiment_id, progress)
@@ -95,7 +124,7 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     ckpt = checkpoints.checkpoint_path(fingerprint)
     checkpoints.check_writable(ckpt)  # before any data is read, not after the first epoch
     distributed.broadcast(str(ckpt))  # the other ranks resume from the same file (a shared cache across machines)
-    data = load_dataset(config.dataset, config.data_dir or None, config.image_size, stream=config.streamed)
+    data = settings.training_data(config)
     log_training_data(data, config.data_fraction, subset_indices(data.train_y, config.data_fraction, config.subset_seed))
     if data.skipped_images:
         print(f"warning: {data.skipped_images} unreadable image(s) left out ({SKIP_BAD_IMAGES_ENV}); "
@@ -114,7 +143,7 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
         data,
         checkpoint=ckpt,
         checkpoint_meta={"lineage": lineage, "run_id": run_id},
-        on_epoch=lambda epoch, metrics: mlflow.log_metrics({**metrics, "epoch": epoch}, step=epoch),
+        on_epoch=lambda epoch, metrics: mlflow.log_metrics({**metrics, c.EPOCH: epoch}, step=epoch),
         progress=progress,
         on_snapshot=lambda epoch, model: checkpoints.save_snapshot(snapshots, epoch, model),
     )
@@ -124,27 +153,16 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
                        c.SKIPPED_IMAGES: data.skipped_images})
 
     name = registered_name(config.dataset, config.depth, config.width, config.arch)
-    tags = {
-        "dataset": config.dataset,
-        "depth": str(config.depth),
-        "width": f"{config.width:g}",
-        "seed": str(config.seed),
-        "data_fraction": f"{config.data_fraction:g}",
-        c.ARCH: config.arch,
-        c.IMAGE_SIZE: str(config.image_size),
-        c.EPOCHS: str(config.epochs),
-        c.TRAIN_SIZE: str(result.train_size),
-        c.SUBSET_HASH: result.subset_hash,
-        c.TEST_ACCURACY: tag_value(result.final["test_accuracy"]),
-        c.TRAIN_ACCURACY: tag_value(result.final["train_accuracy_clean"]),
-        c.TRAIN_RUN_ID: run_id,
-        c.LINEAGE: lineage,
-        c.FINGERPRINT: fingerprint,
-    }
-    training = {**dataclasses.asdict(config), "classes": list(data.classes), "train_size": result.train_size,
+    tags = VersionInfo(
+        dataset=config.dataset, arch=config.arch, depth=config.depth, width=config.width, seed=config.seed,
+        data_fraction=config.data_fraction, epochs=config.epochs, image_size=config.image_size, train_size=result.train_size,
+        subset_hash=result.subset_hash, test_accuracy=result.final[c.TEST_ACCURACY],
+        train_accuracy=result.final[c.TRAIN_ACCURACY_CLEAN], train_run_id=run_id, lineage=lineage, fingerprint=fingerprint,
+    ).to_tags()
+    training = {**config.to_dict(), "classes": list(data.classes), "train_size": result.train_size,
                 "subset_hash": result.subset_hash, "run_id": run_id}
-    version = model_files.register(result.model, config.model_config(data.num_classes), name, tags, training,
-                                   example=data.test_x[:EXAMPLE_IMAGES], params=model_params(config),
+    version = model_files.register(result.model, settings.model_config(config, data.num_classes), name, tags, training,
+                                   example=data.test_x[:EXAMPLE_IMAGES], params={k: getattr(config, k) for k in MODEL_PARAMS},
                                    metrics=result.final, step=config.epochs)
     mlflow.set_tags({c.REGISTERED_MODEL: name, c.MODEL_VERSION: str(version.version)})
     checkpoints.remove(ckpt)  # the registry now holds the model; a rerun trains anew
@@ -154,17 +172,20 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
 def follow_stage(config: TrainConfig) -> None:
     """A data-parallel rank other than 0: trains its share beside rank 0, which logs and registers."""
     ckpt = Path(distributed.broadcast(None))
-    data = load_dataset(config.dataset, config.data_dir or None, config.image_size, stream=config.streamed)
-    train(config, data, checkpoint=ckpt, progress=False)
+    train(config, settings.training_data(config), checkpoint=ckpt, progress=False)
 
 
-def launch_stage(config: TrainConfig, nproc: int, module: str, argv: list[str]) -> None:
-    """Train with `nproc` local processes (torchrun) in one MLflow run, which this process holds:
-    rank 0 logs and registers in it; if any process fails, the run ends FAILED here, nothing is
-    registered, and a rerun resumes from rank 0's last checkpoint."""
-    with stage_run("train", f"train-{cell_label(config)}") as run:
-        env = {"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
-        status = distributed.launch(nproc, module, argv, env)
+def launch_stage(request: TrainRequest, nproc: int, module: str) -> None:
+    """Train with `nproc` local processes (torchrun running `module`) in one MLflow run, which this
+    process holds: rank 0 logs and registers in it; if any process fails, the run ends FAILED here,
+    nothing is registered, and a rerun resumes from rank 0's last checkpoint. The processes receive
+    `request` whole (REQUEST_ENV names its JSON file)."""
+    settings.check(request.config)
+    with stage_run("train", f"train-{cell_label(request.config)}") as run, tempfile.TemporaryDirectory() as tmp:
+        handover = Path(tmp) / "request.json"
+        handover.write_text(request.to_json())
+        env = {"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), REQUEST_ENV: str(handover)}
+        status = distributed.launch(nproc, module, env)
         if status:
             raise RuntimeError(f"a training process failed (torchrun exit status {status}; its error is above); "
                                "nothing was registered, and rerunning the same command resumes from the last checkpoint")

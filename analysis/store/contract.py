@@ -1,14 +1,17 @@
 """The tracking-store contract: every tag key, metric name and artifact path this project writes
-or reads, spelled once. Writers (stages) and readers (queries, results, report, tests) import
-these names, so a renamed key is an AttributeError, not an empty column.
+or reads, spelled once. Writers (training, science, stages, render) and readers (queries, results,
+report, tests) import these names, so a renamed key is an AttributeError, not an empty column.
+It imports nothing, so every layer may use it; the typed records built on it are
+store/versions.py (a version's tags) and store/summary.py (an analysis's summary.json).
 
 Runs. Every run is tagged with its KIND and the process doing it (PROCESS_HOST, PROCESS_PID);
 a failed run carries ERROR, the one-line message the user saw.
-- train runs: LINEAGE, FINGERPRINT, RESUMED_FROM (when resumed), REGISTERED_MODEL + MODEL_VERSION;
+- train runs: LINEAGE, FINGERPRINT, RESUMED_FROM (when resumed), REGISTERED_MODEL + MODEL_VERSION,
+  the per-epoch TRAINING_METRICS and the FINAL_METRICS;
 - analyze runs, one per model (nested under the group's run when several are analysed together):
   ANALYSIS_MODEL_URI, MODEL_NAME, MODEL_VERSION, TRAIN_RUN_ID, the version's config tags, metrics
-  BLOCK_METRICS + EXPLANATION_METRICS, artifacts under CKA_DIR; the group's run holds
-  ANALYSIS_MODELS and the cross-model matrices under cross_dir(a, b);
+  BLOCK_METRICS + EXPLANATION_METRICS, artifacts under CKA_DIR (MODEL_ARTIFACTS); the group's run
+  holds ANALYSIS_MODELS and the cross-model matrices under cross_dir(a, b);
 - compare runs: COMPARISON_DIR; predictions runs: GROUP_A, GROUP_B, LOGITS_DIR, PREDICTIONS_DIR;
 - sweep runs: SWEEP_* tags; study runs: STUDY_PRESET and the report under REPORT_DIR.
 Model versions: the config tags VERSION_CONFIG, VERSION_ACCURACY, provenance, the analysis
@@ -16,18 +19,6 @@ metrics with ANALYSIS_RUN_ID, TEST_LOGITS (a runs:/ URI of cached logits) and ST
 """
 
 from __future__ import annotations
-
-__all__ = [
-    "KIND", "KINDS", "PROCESS_HOST", "PROCESS_PID", "ERROR", "LINEAGE", "FINGERPRINT", "RESUMED_FROM", "REGISTERED_MODEL",
-    "MODEL_NAME", "MODEL_VERSION", "TRAIN_RUN_ID", "ANALYSIS_MODEL_URI", "ANALYSIS_MODELS", "GROUP_A", "GROUP_B",
-    "SWEEP_STUDY", "SWEEP_STORAGE", "SWEEP_MODE", "SWEEP_GRID_SIZE", "SWEEP_TRIAL", "STUDY_PRESET",
-    "VERSION_CONFIG", "VERSION_ACCURACY", "TEST_ACCURACY", "TRAIN_ACCURACY", "TRAIN_SIZE", "ARCH", "IMAGE_SIZE", "SUBSET_HASH", "SKIPPED_IMAGES", "EPOCHS",
-    "ANALYSIS_RUN_ID", "TEST_LOGITS", "STUDY_ANALYSED", "NEWEST_ALIAS",
-    "BLOCK_METRICS", "EXPLANATION_METRICS", "ANALYSIS_ACCURACY", "FITS_TRAINING_SET_METRIC", "ANALYSIS_METRICS",
-    "CKA_DIR", "DOMINANT_DIR", "HISTORY_DIR", "SNAPSHOT_DIR", "MATRIX_FILE", "SUMMARY_FILE", "HEATMAP_FILE", "CROSS_DIR", "LOGITS_DIR", "COMPARISON_DIR",
-    "PREDICTIONS_DIR", "REPORT_DIR", "MODEL_CONFIG_FILE", "MODEL_WEIGHTS_FILE",
-    "model_uri", "cross_dir", "logits_artifact",
-]  # fmt: skip
 
 # --- run tags ---------------------------------------------------------------------------------
 KIND = "widedeep.kind"
@@ -44,6 +35,7 @@ MODEL_VERSION = "model_version"
 TRAIN_RUN_ID = "train_run_id"
 ANALYSIS_MODEL_URI = "analysis.model_uri"
 ANALYSIS_MODELS = "analysis.models"
+PARENT_RUN = "mlflow.parentRunId"  # MLflow's own tag on a nested run
 GROUP_A = "group_a"
 GROUP_B = "group_b"
 SWEEP_STUDY = "sweep.study"
@@ -53,46 +45,172 @@ SWEEP_GRID_SIZE = "sweep.grid_size"
 SWEEP_TRIAL = "sweep.trial"
 STUDY_PRESET = "study.preset"
 
-# --- model version tags -----------------------------------------------------------------------
-VERSION_CONFIG = ("dataset", "depth", "width", "seed", "data_fraction", "epochs")
+# --- model version tags (parsed and formatted by store/versions.py) -----------------------------
+DATASET = "dataset"
+ARCH = "arch"  # the model family (nets/families); versions registered before it existed are "resnet"
+DEPTH = "depth"
+WIDTH = "width"
+SEED = "seed"
+DATA_FRACTION = "data_fraction"
+EPOCHS = "epochs"
+IMAGE_SIZE = "image_size"  # the side images were resized to in training, "0" for as stored (absent before it existed)
+VERSION_CONFIG = (DATASET, DEPTH, WIDTH, SEED, DATA_FRACTION, EPOCHS)
 TEST_ACCURACY = "test_accuracy"
 TRAIN_ACCURACY = "train_accuracy"  # clean (no augmentation) accuracy on the training subset
 VERSION_ACCURACY = (TEST_ACCURACY, TRAIN_ACCURACY)
 TRAIN_SIZE = "train_size"
-ARCH = "arch"  # the model family (nets.ARCHS); versions registered before it existed are "resnet"
-IMAGE_SIZE = "image_size"  # the side images were resized to in training, "0" for as stored (absent before it existed)
 SUBSET_HASH = "subset_hash"
 SKIPPED_IMAGES = "skipped_images"  # param: unreadable images left out of the data (WIDEDEEP_SKIP_BAD_IMAGES)
-EPOCHS = "epochs"
 ANALYSIS_RUN_ID = "analysis_run_id"
 TEST_LOGITS = "test_logits"
 STUDY_ANALYSED = "study_analysis"  # the analysis settings' hash a study last analysed the version with
 NEWEST_ALIAS = "newest"
 
-# --- metrics ----------------------------------------------------------------------------------
-BLOCK_METRICS = ("block_count", "block_largest_frac", "block_total_frac", "block_mean_cka")
+# --- metrics: training ------------------------------------------------------------------------
+TRAIN_LOSS = "train_loss"
+TRAIN_BATCH_ACCURACY = "train_accuracy"  # on the augmented batches, per epoch (the version tag is the clean one)
+LEARNING_RATE = "lr"
+IMAGES_PER_SEC = "images_per_sec"
+EPOCH_SECONDS = "epoch_seconds"
+MFU = "mfu"  # model FLOP utilisation, on GPUs of known peak
+TRAIN_PC1_SHARE = "train_pc1_share"
+TRAIN_PC1_PENALTY = "train_pc1_penalty"
+EPOCH = "epoch"
+
+
+def score_loss(split: str) -> str:
+    """The loss on the scored split: 'test_loss', or 'val_loss' in a hyperparameter search."""
+    return f"{split}_loss"
+
+
+def score_accuracy(split: str) -> str:
+    return f"{split}_accuracy"
+
+
+TEST_LOSS = score_loss("test")
+VAL_ACCURACY = score_accuracy("val")
+TRAIN_ACCURACY_CLEAN = "train_accuracy_clean"  # the final training accuracy without augmentation
+TRAIN_LOSS_CLEAN = "train_loss_clean"
+TRAINING_METRICS = (TRAIN_LOSS, TRAIN_BATCH_ACCURACY, LEARNING_RATE, IMAGES_PER_SEC, EPOCH_SECONDS, TEST_LOSS, TEST_ACCURACY)
+
+# --- metrics: one model's analysis --------------------------------------------------------------
+BLOCK_COUNT = "block_count"
+BLOCK_LARGEST_FRAC = "block_largest_frac"
+BLOCK_TOTAL_FRAC = "block_total_frac"
+BLOCK_MEAN_CKA = "block_mean_cka"
+BLOCK_METRICS = (BLOCK_COUNT, BLOCK_LARGEST_FRAC, BLOCK_TOTAL_FRAC, BLOCK_MEAN_CKA)
 ANALYSIS_ACCURACY = "analysis_test_accuracy"
 FITS_TRAINING_SET_METRIC = "fits_training_set"
+PC1_SHARE_IN_BLOCK = "pc1_share_in_block"
+PC1_SHARE_OUTSIDE = "pc1_share_outside"
+BLOCK_MEAN_CKA_WITHOUT_PC1 = "block_mean_cka_without_pc1"
+PROBE_GAIN_IN_BLOCK = "probe_gain_in_block"
+DELETION_DROP_IN_BLOCK = "deletion_drop_in_block"
+DELETION_DROP_OUTSIDE = "deletion_drop_outside"
+DOMINANT_OVERLAP_IN_BLOCK = "dominant_overlap_in_block"
+DOMINANT_OVERLAP_OUTSIDE = "dominant_overlap_outside"
+DOMINANT_SHARE_IN_BLOCK = "dominant_share_in_block"
 EXPLANATION_METRICS = (
-    "pc1_share_in_block", "pc1_share_outside", "block_mean_cka_without_pc1", "probe_gain_in_block",
-    "deletion_drop_in_block", "deletion_drop_outside", "dominant_overlap_in_block", "dominant_overlap_outside",
-    "dominant_share_in_block",
+    PC1_SHARE_IN_BLOCK, PC1_SHARE_OUTSIDE, BLOCK_MEAN_CKA_WITHOUT_PC1, PROBE_GAIN_IN_BLOCK, DELETION_DROP_IN_BLOCK,
+    DELETION_DROP_OUTSIDE, DOMINANT_OVERLAP_IN_BLOCK, DOMINANT_OVERLAP_OUTSIDE, DOMINANT_SHARE_IN_BLOCK,
 )  # fmt: skip
 ANALYSIS_METRICS = (*BLOCK_METRICS, ANALYSIS_ACCURACY, *EXPLANATION_METRICS)
 
-# --- artifacts --------------------------------------------------------------------------------
-CKA_DIR = "cka"  # per-model analysis: cka.npy/.csv, summary.json, heatmap*.png, pc1_share.png, ...
-DOMINANT_DIR = "dominant"  # under CKA_DIR: overlap, shares, top examples, image grids, statistics
-HISTORY_DIR = "history"  # per-model analysis of the training snapshots: heatmap strip, matrices
-SNAPSHOT_DIR = "snapshots"  # train runs: weights every snapshot_every epochs, epoch-0000.safetensors, ...
-MATRIX_FILE = "cka.npy"
-SUMMARY_FILE = "summary.json"
-HEATMAP_FILE = "heatmap.png"
+
+def dominant_share_top(k: int) -> str:
+    """The share of each layer's PC1 variance its top k examples hold, averaged over all layers."""
+    return f"dominant_share_top{k}"
+
+
+PC1_SHARE_MEAN = "pc1_share_mean"  # history only: over every layer of a snapshot
+PC1_SHARE_MAX = "pc1_share_max"
+
+
+def history_metric(name: str) -> str:
+    """A snapshot's metric, logged at step = epoch in the model's analysis run."""
+    return f"{HISTORY_DIR}/{name}"
+
+
+# --- metrics: across models -------------------------------------------------------------------
+SAME_LAYER_CKA_IN_BLOCK = "same_layer_cka_in_block"  # two seeds: CKA of each layer with itself, in A's block
+SAME_LAYER_CKA_OUTSIDE = "same_layer_cka_outside"
+DOMINANT_OVERLAP_ACROSS_SEEDS_IN_BLOCK = "dominant_overlap_across_seeds_in_block"
+DOMINANT_OVERLAP_ACROSS_SEEDS_OUTSIDE = "dominant_overlap_across_seeds_outside"
+CROSS_DISAGREEMENT = "cross_disagreement"
+WITHIN_DISAGREEMENT = "within_disagreement"
+CROSS_VS_WITHIN_DISAGREEMENT = "cross_vs_within_disagreement"
+DISAGREEMENT_P_VALUE = "disagreement_p_value"
+N_SIGNIFICANT_CLASSES = "n_significant_classes"
+PREDICTION_METRICS = (CROSS_DISAGREEMENT, WITHIN_DISAGREEMENT, CROSS_VS_WITHIN_DISAGREEMENT, DISAGREEMENT_P_VALUE,
+                      N_SIGNIFICANT_CLASSES)
+
+# --- artifacts: one model's analysis, under CKA_DIR -----------------------------------------------
+CKA_DIR = "cka"
+MATRIX = "cka"  # cka.npy and cka.csv (layer names on both axes)
+MATRIX_FILE = f"{MATRIX}.npy"
+MATRIX_WITHOUT_PC1 = "cka_without_pc1"  # .npy and .csv
+MATRIX_PC1_ONLY = "cka_pc1_only"
+SUMMARY_FILE = "summary.json"  # store/summary.py
+HEATMAP = "heatmap"
+HEATMAP_FILE = f"{HEATMAP}.png"
+HEATMAP_WITHOUT_PC1_FILE = "heatmap_without_pc1.png"
+PC1_SHARE_FILE = "pc1_share.png"
+PROBES_FILE = "probes.png"
+DELETION_FILE = "deletion.png"
+DOMINANT_DIR = "dominant"  # under CKA_DIR
+DOMINANT_OVERLAP = "overlap"  # .npy and .png
+DOMINANT_SHARES_FILE = "shares.npy"  # layers x examples
+DOMINANT_TOP_FILE = "top.csv"
+DOMINANT_STATISTICS_FILE = "statistics.csv"
+
+
+def dominant_grid_file(group_label: str) -> str:
+    """The image grid of a group of layers' dominant images ('block 40-79' -> 'block-40-79.png')."""
+    return f"{group_label.replace(' ', '-')}.png"
+
+
+MODEL_FIGURES = (HEATMAP_FILE, HEATMAP_WITHOUT_PC1_FILE, PC1_SHARE_FILE, PROBES_FILE, DELETION_FILE,
+                 f"{DOMINANT_DIR}/{DOMINANT_OVERLAP}.png")  # with every analysis chosen
+
+# --- artifacts: history (a model's training snapshots), other stages ---------------------------------
+HISTORY_DIR = "history"
+HISTORY_HEATMAPS_FILE = "heatmaps.png"
+HISTORY_METRICS_FILE = "metrics.png"
+
+
+def history_matrix_file(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.npy"
+
+
+SNAPSHOT_DIR = "snapshots"  # train runs: weights every snapshot_every epochs
+
+
+def snapshot_file(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.safetensors"
+
+
 CROSS_DIR = "cross"
 LOGITS_DIR = "logits"
 COMPARISON_DIR = "comparison"
+COMPARISON_MODELS_FILE = "models.csv"
+COMPARISON_TABLE = "table"  # .csv and .md
+
+
+def trend_file(x: str) -> str:
+    """Block size against `x` (width or depth)."""
+    return f"block_vs_{x}.png"
+
+
+def heatmap_grid_file(fraction_text: str) -> str:
+    """The grid of heatmaps (rows depth, columns width) of one data fraction, written as in tags."""
+    return f"heatmaps_fraction_{fraction_text}.png"
+
+
 PREDICTIONS_DIR = "predictions"
+PREDICTIONS_FIGURES = ("per_example.png", "per_class.png", "agreement.png")
+PREDICTIONS_TABLES = ("accuracy.csv", "agreement.csv", "per_class.csv", "per_example.csv")
 REPORT_DIR = "report"
+REPORT_FILE = "report.html"
 MODEL_CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.safetensors"
 

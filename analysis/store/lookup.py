@@ -8,7 +8,6 @@ models:/NAME/latest or models:/NAME@ALIAS.
 
 from __future__ import annotations
 
-import math
 import re
 
 from mlflow import MlflowClient
@@ -17,18 +16,9 @@ from mlflow.exceptions import MlflowException
 
 from .contract import model_uri
 
-__all__ = ["registered_name", "search_versions", "find_versions", "split_uris", "uris_matching", "resolve_version",
-           "tag_value", "MODEL_URI"]
+__all__ = ["search_versions", "find_versions", "split_uris", "uris_matching", "resolve_version", "MODEL_URI"]
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w-]+))$")
-
-
-def registered_name(dataset: str, depth: int, width: float, arch: str = "resnet") -> str:
-    """'cifar10-resnet20-w1' for the CIFAR family; 'imagenet-resnet50-d56-w2' for the ResNet-50
-    family (whose depths 50 and 56 would otherwise clash with CIFAR ResNets of those depths)."""
-    if arch == "resnet50":
-        return f"{dataset}-resnet50-d{depth}-w{width:g}"
-    return f"{dataset}-resnet{depth}-w{width:g}"
 
 
 def search_versions(filter_string: str) -> list[ModelVersion]:
@@ -88,8 +78,3 @@ def resolve_version(uri: str) -> ModelVersion:
         return client.get_model_version(name, version)
     except MlflowException as err:
         raise ValueError(f"model {uri!r} is not in the registry ({err.message.splitlines()[0]}); list models with `mlflow models` or the UI") from None
-
-
-def tag_value(value: float) -> str:
-    """Tags are strings; keep numbers short and parseable."""
-    return f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else str(value)

@@ -37,10 +37,11 @@ from safetensors.torch import load_file, save_file
 
 from torch import nn
 
-from ..config import STREAMED_ARCHS
-from ..nets import ModelConfig, build_model
-from .contract import ARCH, IMAGE_SIZE, LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, SNAPSHOT_DIR, model_uri
+from ..data import ImageData, load_dataset
+from ..nets import ModelConfig, build_model, family
+from .contract import LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, SNAPSHOT_DIR, model_uri
 from .lookup import find_versions, resolve_version
+from .versions import VersionInfo
 
 __all__ = ["LoadedModel", "TrainedData", "trained_data", "register", "load_model", "write_model_files", "read_model_files", "build_with_weights",
            "training_snapshots"]
@@ -54,14 +55,18 @@ class TrainedData:
 
     dataset: str
     image_size: int  # 0: as stored
-    streamed: bool  # the ImageNet family's folder stream (evaluation crops), else the in-memory tensors
+    streamed: bool  # the family's folder stream (evaluation crops), else the in-memory tensors
+
+    def load(self, data_dir: str = "") -> ImageData:
+        """The dataset as these models were trained on it (`data_dir`: default, $WIDEDEEP_DATA_DIR)."""
+        return load_dataset(self.dataset, data_dir or None, self.image_size, stream=self.streamed)
 
 
 def trained_data(versions: list[dict[str, str]]) -> TrainedData:
     """The one dataset, image size and pipeline that models (their version tags) were trained on;
     models trained on different ones are refused, since they cannot be compared on one set."""
-    seen = {TrainedData(t.get("dataset", ""), int(t.get(IMAGE_SIZE, "0")), t.get(ARCH, "resnet") in STREAMED_ARCHS)
-            for t in versions}
+    infos = [VersionInfo.from_tags(tags) for tags in versions]
+    seen = {TrainedData(v.dataset or "", v.image_size, family(v.arch).streamed) for v in infos}
     if len(seen) > 1:
         described = sorted(f"{d.dataset} at {d.image_size or 'stored size'}{' streamed' if d.streamed else ''}" for d in seen)
         raise ValueError(f"the models were trained on different datasets, image sizes or pipelines {described}; "
@@ -83,6 +88,11 @@ class LoadedModel:
     @property
     def label(self) -> str:
         return f"{self.name}-v{self.version}"
+
+    @property
+    def info(self) -> VersionInfo:
+        """The version's tags, parsed."""
+        return VersionInfo.from_tags(self.tags)
 
 
 SERVED_MODEL = Path(__file__).with_name("served_model.py")

@@ -14,22 +14,27 @@ deleted runs are left out. This module needs no torch.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+
+from ..config import short_number
 from . import contract as c
 from .lookup import search_versions
+from .versions import VersionInfo
 
 __all__ = ["COLUMNS", "METRIC_COLUMNS", "GROUP", "analysed_models_api", "analysed_models_sql", "aggregate", "filter_rows",
            "is_database_uri"]
 
 ID_COLUMNS = [c.MODEL_NAME, c.MODEL_VERSION, c.TRAIN_RUN_ID, c.ANALYSIS_RUN_ID, "analysis_time"]
-CONFIG_TYPES = {"dataset": str, c.ARCH: str, "depth": int, "width": float, "seed": int, "data_fraction": float, "epochs": int}
-CONFIG_COLUMNS = {k: CONFIG_TYPES[k] for k in (c.VERSION_CONFIG[0], c.ARCH, *c.VERSION_CONFIG[1:])}
+CONFIG_COLUMNS = [c.DATASET, c.ARCH, c.DEPTH, c.WIDTH, c.SEED, c.DATA_FRACTION, c.EPOCHS]  # VersionInfo's fields
 ACCURACY_COLUMNS = list(c.VERSION_ACCURACY)
 METRIC_COLUMNS = list(c.ANALYSIS_METRICS)
-COLUMNS = ID_COLUMNS + list(CONFIG_COLUMNS) + ACCURACY_COLUMNS + METRIC_COLUMNS + ["complete"]
-GROUP = ["dataset", c.ARCH, "depth", "width", "data_fraction"]
+COLUMNS = ID_COLUMNS + CONFIG_COLUMNS + ACCURACY_COLUMNS + METRIC_COLUMNS + ["complete"]
+GROUP = [c.DATASET, c.ARCH, c.DEPTH, c.WIDTH, c.DATA_FRACTION]
+INTEGER_COLUMNS = [f.name for f in dataclasses.fields(VersionInfo) if f.name in CONFIG_COLUMNS and f.type.startswith("int")]
 DATABASE_SCHEMES = ("sqlite:", "postgresql", "mysql", "mssql")
 
 
@@ -41,20 +46,21 @@ def is_database_uri(uri: str) -> bool:
 def _frame(rows: list[dict]) -> pd.DataFrame:
     """Typed, ordered columns; newest analysis per model version; stable row order."""
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "complete"])
-    for col, kind in CONFIG_COLUMNS.items():
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64" if kind is int else float) if kind is not str else df[col]
-    for col in ACCURACY_COLUMNS + METRIC_COLUMNS:
+    for col in INTEGER_COLUMNS:
+        df[col] = df[col].astype("Int64")
+    for col in [c.WIDTH, c.DATA_FRACTION, *ACCURACY_COLUMNS, *METRIC_COLUMNS]:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df[c.MODEL_VERSION] = df[c.MODEL_VERSION].astype(str)
     df["analysis_time"] = pd.to_numeric(df["analysis_time"]).astype("int64")
-    df["complete"] = df["block_count"].notna()
+    df["complete"] = df[c.BLOCK_COUNT].notna()
     df = df.sort_values("analysis_time").drop_duplicates([c.MODEL_NAME, c.MODEL_VERSION], keep="last")
     return df.sort_values([*GROUP, "seed", c.MODEL_NAME, c.MODEL_VERSION]).reset_index(drop=True)
 
 
 def _version_fields(tags: dict[str, str]) -> dict:
-    """The version's config and accuracy tags; versions registered before `arch` existed are the CIFAR family."""
-    return {**{k: tags.get(k) for k in [*CONFIG_COLUMNS, *ACCURACY_COLUMNS]}, c.ARCH: tags.get(c.ARCH, "resnet")}
+    """The version's config and accuracy columns, from its tags parsed once (VersionInfo)."""
+    info = dataclasses.asdict(VersionInfo.from_tags(tags))
+    return {k: info[k] for k in [*CONFIG_COLUMNS, *ACCURACY_COLUMNS]}
 
 
 def analysed_models_api(experiment_ids: list[str] | None = None) -> pd.DataFrame:
@@ -140,7 +146,7 @@ def aggregate(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFram
 
     Only complete rows enter the statistics; `incomplete` counts the others, so a cell whose
     analyses lacked block metrics shows up instead of silently shrinking its average."""
-    metrics = metrics or ["block_largest_frac", "block_count", "block_mean_cka", "test_accuracy", "train_accuracy"]
+    metrics = metrics or [c.BLOCK_LARGEST_FRAC, c.BLOCK_COUNT, c.BLOCK_MEAN_CKA, c.TEST_ACCURACY, c.TRAIN_ACCURACY]
     if df.empty:
         return pd.DataFrame(columns=[*GROUP, "seeds", "incomplete"])
     complete = df[df["complete"]]
@@ -156,11 +162,12 @@ def aggregate(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFram
 
 
 def filter_rows(df: pd.DataFrame, dataset: str = "", data_fraction: float | None = None, min_epochs: int = 0) -> pd.DataFrame:
+    """The rows of one dataset, data fraction (as its tag spells it) and minimum training length."""
     mask = np.ones(len(df), dtype=bool)
     if dataset:
-        mask &= (df["dataset"] == dataset).to_numpy()
+        mask &= (df[c.DATASET] == dataset).to_numpy()
     if data_fraction is not None:
-        mask &= np.isclose(df["data_fraction"].to_numpy(dtype=float), data_fraction)
+        mask &= (df[c.DATA_FRACTION].map(short_number) == short_number(data_fraction)).to_numpy()
     if min_epochs:
-        mask &= (df["epochs"].fillna(0) >= min_epochs).to_numpy()
+        mask &= (df[c.EPOCHS].fillna(0) >= min_epochs).to_numpy()
     return df[mask].reset_index(drop=True)

@@ -3,7 +3,6 @@ comparison or predictions run. Readers for the comparison and the study report."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -12,6 +11,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from . import contract as c
+from .summary import ModelSummary
 
 __all__ = ["download", "model_analysis", "cross_matrix", "heatmap_cells"]
 
@@ -24,12 +24,12 @@ def download(run_id: str, path: str) -> Path | None:
         return None
 
 
-def model_analysis(analysis_run_id: str) -> tuple[np.ndarray, dict] | None:
+def model_analysis(analysis_run_id: str) -> tuple[np.ndarray, ModelSummary] | None:
     """(CKA matrix, summary) of one model's analysis run, or None when they are missing."""
     local = download(analysis_run_id, c.CKA_DIR)
     try:
-        return np.load(local / c.MATRIX_FILE), json.loads((local / c.SUMMARY_FILE).read_text())
-    except (TypeError, OSError, ValueError):
+        return np.load(local / c.MATRIX_FILE), ModelSummary.read(local / c.SUMMARY_FILE)
+    except (TypeError, OSError, ValueError, KeyError):
         return None
 
 
@@ -55,6 +55,6 @@ def heatmap_cells(group: pd.DataFrame) -> dict:
                 continue  # no matrix logged (an interrupted or synthetic run): try the next seed
             matrix, summary = found
             caption = f"seed {row.seed}, test {row.test_accuracy:.2f}, train {row.train_accuracy:.2f}"
-            cells[(depth, width)] = (matrix, summary["layer_names"], caption)
+            cells[(depth, width)] = (matrix, summary.layer_names, caption)
             break
     return cells

@@ -102,8 +102,8 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
-def launch(nproc: int, module: str, argv: list[str], env: dict[str, str]) -> int:
-    """`torchrun --standalone --nproc_per_node nproc -m module argv`, with `env` added to the
-    environment; returns its exit status (non-zero when any rank failed)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module, *argv]
+def launch(nproc: int, module: str, env: dict[str, str]) -> int:
+    """`torchrun --standalone --nproc_per_node nproc -m module`, with `env` added to the environment
+    (where the processes find what to do); returns its exit status (non-zero when any rank failed)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
     return subprocess.run(command, env={**os.environ, **env}).returncode

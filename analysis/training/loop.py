@@ -43,7 +43,7 @@ from ..data import ImageData, Images, indices_hash, subset_indices, take
 from ..device import autocast, peak_flops, prepare_model, resolve_device
 from ..nets import ModelConfig, build_model, decayed_parameters, evaluate, penalised_layers, tapped
 from ..science.pca import batch_pc1_share
-from . import checkpoints, distributed
+from . import checkpoints, distributed, settings
 from .batches import EpochBatches
 
 __all__ = ["TrainResult", "train", "cosine_lr", "use_channels_last", "step_flops_per_image", "evaluate_shared"]
@@ -114,6 +114,7 @@ def train(
     `on_snapshot(epoch, model)` is called before training (epoch 0), every `snapshot_every`
     epochs and after the last. `progress=None` shows a bar on a terminal.
     """
+    settings.check(config)
     shard = distributed.current()
     device = shard.device(resolve_device(config.device))
     subset = subset_indices(data.train_y, config.data_fraction, config.subset_seed)
@@ -135,7 +136,7 @@ def train(
                          f"use a multiple of {shard.world}")
 
     torch.manual_seed(config.seed)
-    model_config = config.model_config(data.num_classes)
+    model_config = settings.model_config(config, data.num_classes)
     channels_last = use_channels_last(config.channels_last, model_config, device)
     model = prepare_model(build_model(model_config), device, channels_last)
     kernels, others = decayed_parameters(model)

@@ -1,4 +1,5 @@
-"""The ImageNet ResNet-50 family of Nguyen, Raghu & Kornblith (2021): ResNet-50 with stage 3 scaled.
+"""The ImageNet ResNet-50 family of Nguyen, Raghu & Kornblith (2021), arch "resnet50": ResNet-50
+with stage 3 scaled.
 
 ResNet-50 has bottleneck blocks [3, 4, 6, 3] in four stages (inner widths 64, 128, 256, 512, outputs
 4x those). The paper makes its deeper ImageNet models by adding blocks to stage 3 and its wider
@@ -27,11 +28,13 @@ import torch
 from torch import nn
 from torchvision.models.resnet import conv1x1, conv3x3
 
-from .resnet import Add, GlobalAvgPool, ModelConfig
+from ..family import Family, ModelConfig, register
+from ..layers import Add, GlobalAvgPool
 
-__all__ = ["BottleneckResNet", "EXPANSION"]
+__all__ = ["BottleneckResNet", "EXPANSION", "FAMILY"]
 
 EXPANSION = 4  # a bottleneck's output channels over its inner width
+INNER = (64, 128, 256, 512)  # the bottlenecks' inner widths per stage; width scales stage 3's
 
 
 class Bottleneck(nn.Module):
@@ -85,3 +88,21 @@ class BottleneckResNet(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features to logits: what follows the last residual block."""
         return self.logits(self.pool(x))
+
+
+FAMILY = register(Family(
+    name="resnet50",
+    summary="the paper's ImageNet ResNet-50 family: depth 50+3k, width on stage 3 only, trained on streamed crops",
+    network=BottleneckResNet,
+    depth_base=50, depth_step=3,
+    depth_rule="50+3k with k >= 0 (stage 3 of the ResNet-50 family holds 6+k bottleneck blocks)",
+    depth_examples=(50, 53, 56, 62, 74, 101),
+    default_depth=50,
+    stage_blocks=lambda depth: (3, 4, 6 + (depth - 50) // 3, 3),
+    stage_channels=lambda stage, width: INNER[stage - 1] * (width if stage == 3 else 1),
+    projected_stages=frozenset({1, 2, 3, 4}),
+    stem_layers=("conv", "bn", "relu", "pool"),
+    branch_layers=("conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "conv3", "bn3"),
+    streamed=True,
+    name_pattern="{dataset}-resnet50-d{depth}-w{width}",
+))
