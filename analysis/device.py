@@ -1,4 +1,4 @@
-"""Device selection and the numeric settings that follow from it."""
+"""Device selection and the numeric settings and memory layout that follow from it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["resolve_device", "autocast", "full_precision", "activation_precision", "prepare_model", "peak_flops"]
+__all__ = ["resolve_device", "autocast", "full_precision", "activation_precision", "prepare_model", "flat_features",
+           "peak_flops"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -56,6 +57,16 @@ def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: b
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return model
+
+
+def flat_features(out: torch.Tensor) -> torch.Tensor:
+    """A layer's output as (n, features), features in memory order: a view, never a copy, for a
+    channels_last activation (the layout prepare_model gives). Every reduction of this project is
+    blind to the order of features (Grams) or uses one order throughout (PC1 directions, probe
+    weights), so nothing is lost."""
+    if out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last):
+        return out.permute(0, 2, 3, 1).reshape(len(out), -1)
+    return out.reshape(len(out), -1)
 
 
 # Dense bf16 tensor-core peak of each GPU, FLOP/s, from the vendors' data sheets (SXM parts, no

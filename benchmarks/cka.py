@@ -6,6 +6,9 @@ own (so peak memory is its own), `--repeats` times, the minimum time kept:
   widedeep      analysis.science.similarity.batch_reductions (float32 Grams of centred float32
                 activations, computed inside the forward hooks) + MinibatchCKA (float64
                 U-centring, one stacked product per batch): what `analyze` runs;
+  public        the Python API as the README shows it: analysis.features.tapped with
+                analysis.cka.gram (default precision) in the hook, then MinibatchCKA.update_grams;
+  public-f64    the same with gram(..., torch.float64), the float64 option;
   pytorch-cka   pytorch-cka 1.1.3's `compute_cka(model, model, batches, layers=...)`, its
                 public entry point (it keeps every hooked layer's features of a batch);
   float64       the same activations, every Gram, product and sum in float64: the reference
@@ -33,13 +36,14 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from analysis.cka import MinibatchCKA
+from analysis.cka import MinibatchCKA, gram
 from analysis.data import load_dataset, to_float
 from analysis.device import prepare_model, resolve_device
-from analysis.nets import ModelConfig, build_model, layer_names, stream
+from analysis.features import tapped
+from analysis.nets import ModelConfig, as_input, build_model, layer_names, stream
 from analysis.science.similarity import batch_reductions, float64_cka
 
-ENGINES = ("widedeep", "pytorch-cka", "float64")
+ENGINES = ("widedeep", "public", "public-f64", "pytorch-cka", "float64")
 
 
 def rss_mib() -> float:
@@ -74,7 +78,16 @@ def run_engine(engine: str, model, names, batches, device) -> np.ndarray:
     if engine == "widedeep":
         acc = MinibatchCKA(names)
         for x in batches:
-            acc.update_grams(batch_reductions(model, names, x)[0].double())
+            acc.update_grams(batch_reductions(model, names, x)[0], consume=True)  # as model_cka feeds them
+        return acc.compute()
+    if engine in ("public", "public-f64"):
+        dtype = torch.float64 if engine == "public-f64" else torch.float32
+        acc = MinibatchCKA(names)
+        for x in batches:
+            grams: list = [None] * len(names)
+            with torch.inference_mode(), tapped(model, names, lambda i, out: grams.__setitem__(i, gram(out, dtype))):
+                model(as_input(x, device))
+            acc.update_grams(torch.stack(grams), consume=True)
         return acc.compute()
     if engine == "float64":
         images = torch.cat(batches)
@@ -104,6 +117,19 @@ def child(args) -> None:
     print(json.dumps({"seconds": min(times), "extra_mib": extra}))
 
 
+def _without_engines(argv: list[str]) -> list[str]:
+    """The command line minus `--engines X` / `--engines=X`, for the children (each runs one engine)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--engines":
+            skip = True
+        elif not a.startswith("--engines="):
+            out.append(a)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--depth", type=int, default=56)
@@ -126,7 +152,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for engine in args.engines.split(","):
             out = Path(tmp) / f"{engine}.npy"
-            argv = [a for a in sys.argv[1:] if not a.startswith("--engines")]
+            argv = _without_engines(sys.argv[1:])
             proc = subprocess.run([sys.executable, __file__, *argv, "--child", engine, "--out", str(out)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
@@ -141,10 +167,11 @@ def main() -> None:
     for engine, r in results.items():
         err = "" if reference is None or engine == "float64" else f"{np.abs(matrices[engine] - reference).max():.1e}"
         print(f"{engine:<14}{r['seconds']:>9.2f}{r['extra_mib']:>11.0f}{err:>25}")
-    if {"widedeep", "pytorch-cka"} <= set(results):
-        ours, peer = results["widedeep"], results["pytorch-cka"]
-        print(f"\nwidedeep / pytorch-cka: time {ours['seconds'] / peer['seconds']:.2f}x, "
-              f"extra memory {ours['extra_mib'] / max(peer['extra_mib'], 1e-9):.2f}x")
+    for ours in ("widedeep", "public"):
+        if {ours, "pytorch-cka"} <= set(results):
+            mine, peer = results[ours], results["pytorch-cka"]
+            print(f"\n{ours} / pytorch-cka: time {mine['seconds'] / peer['seconds']:.2f}x, "
+                  f"extra memory {mine['extra_mib'] / max(peer['extra_mib'], 1e-9):.2f}x")
 
 
 if __name__ == "__main__":

@@ -64,21 +64,24 @@ def test_relu_like_float32_activations_with_large_means_stay_within_1e_6():
 
 def test_biased_variant_matches_kornblith():
     x, y = correlated(50, 20, 8, offset=3.0)
-    assert cka(x, y, debiased=False) == pytest.approx(reference_biased_cka(x, y), abs=1e-9)
+    assert cka(x, y, debiased=False, dtype=torch.float64) == pytest.approx(reference_biased_cka(x, y), abs=1e-9)
+    assert cka(x, y, debiased=False) == pytest.approx(reference_biased_cka(x, y), abs=1e-6)  # float32 Grams, the default
 
 
 def test_minibatch_accumulation_matches_reference_not_the_mean_of_batches():
     layers = [rng.normal(size=(60, 3, 4, 4)), rng.normal(size=(60, 10)), None]
     layers[2] = layers[0].reshape(60, -1)[:, :20] * 2 + rng.normal(size=(60, 20))
     batches = [slice(0, 20), slice(20, 40), slice(40, 60)]
-    acc = MinibatchCKA()
+    acc, fast = MinibatchCKA(dtype=torch.float64), MinibatchCKA()  # the float64 path, and the default float32 Grams
     for b in batches:
         acc.update([torch.from_numpy(l[b]) for l in layers])
+        fast.update([torch.from_numpy(l[b]) for l in layers])
     got = acc.compute()
     for i in range(3):
         for j in range(3):
             ref = reference_minibatch_cka([layers[i][b] for b in batches], [layers[j][b] for b in batches])
             assert got[i, j] == pytest.approx(ref, abs=1e-9)
+            assert fast.compute()[i, j] == pytest.approx(ref, abs=1e-6)
     mean_of_batches = np.mean([reference_minibatch_cka([layers[0][b]], [layers[2][b]]) for b in batches])
     assert abs(got[0, 2] - mean_of_batches) > 1e-4  # a different estimator, and we are not it
 
@@ -95,14 +98,17 @@ def test_within_matrix_is_symmetric_with_unit_diagonal():
 def test_invariant_to_rotation_and_isotropic_scaling():
     x, y = correlated(64, 16, 9)
     q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
-    assert cka(x @ q * 37.0, y) == pytest.approx(cka(x, y), abs=1e-10)
+    f64 = torch.float64
+    assert cka(x @ q * 37.0, y, dtype=f64) == pytest.approx(cka(x, y, dtype=f64), abs=1e-10)
+    assert cka(x @ q * 37.0, y) == pytest.approx(cka(x, y), abs=1e-6)
 
 
 def test_independent_features_are_near_zero_and_identical_are_one():
     x = rng.normal(size=(2000, 20))
     y = rng.normal(size=(2000, 20))
     assert abs(cka(x, y)) < 0.01
-    assert cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert cka(x, x, dtype=torch.float64) == pytest.approx(1.0, abs=1e-12)
+    assert cka(x, x) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_no_drift_with_batch_size():

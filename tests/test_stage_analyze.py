@@ -4,14 +4,18 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from analysis.config import AnalysisOptions
 from analysis.data import indices_hash
 from analysis.nets import ModelConfig, layer_names
+from analysis.report import SECTIONS, study_rows_frame
 from analysis.stages.analyze import example_indices
 from analysis.store import contract as c
+from analysis.store.summary import ModelSummary
+from analysis.store.versions import VersionInfo
 from entrypoints import analyze as analyze_entry
 from entrypoints.common import run_main
 from tests.conftest import mlflow_cli
@@ -87,6 +91,31 @@ def test_several_models_give_nested_runs_and_cross_heatmaps(store):
     assert cross_dirs == [f"cross/{NAME}-v2__vs__{NAME}-v1"]  # newest first, as the search returns
     cross = artifact(parent.info.run_id, f"{cross_dirs[0]}/cka.npy")
     assert cross.shape == (3, 3) and not np.allclose(cross, 1)  # two inits differ
+
+
+def test_every_metric_and_figure_the_report_reads_is_one_the_analysis_writes(store):
+    """The report's sections and its per-model table name metrics and figures (store contract);
+    a full analysis of a model with a planted block must write every one of them, and its
+    summary.json must read back with no key the schema does not know."""
+    stage2 = tuple(f"stage2.block{b}" for b in range(1, 6))  # ResNet-32: block outputs 1-5 of stage 2 identical
+    version = register_model(32, 0.25, 0, silenced=stage2, train_accuracy="0.95")
+    assert run_analyze("--models", uri(version), "--layers", "blocks", "--analyses", "cka,pc,probes,deletion,dominant",
+                       "--passes", "1", "--probe_examples", "200", "--dominant_top", "5") == 0
+    (run,) = [r for r in runs_of("analyze") if c.ANALYSIS_MODEL_URI in r.data.tags]
+    assert run.data.metrics[c.BLOCK_COUNT] >= 1  # the planted block is found, so in-block metrics exist
+    read = {m for section in SECTIONS.values() for m in section.metrics}
+    table = study_rows_frame(pd.DataFrame([{k: 0 for k in [*c.VERSION_CONFIG, *c.VERSION_ACCURACY, *c.ANALYSIS_METRICS]}]))
+    read |= set(table.columns) - set(c.VERSION_CONFIG)
+    from_training = set(VersionInfo(test_accuracy=0.5, train_accuracy=0.5).to_tags())  # `train` writes these as tags
+    assert read - from_training <= set(run.data.metrics), sorted(read - from_training - set(run.data.metrics))
+    assert read & from_training == set(c.VERSION_ACCURACY)
+    files = {f.path for d in ("", c.DOMINANT_DIR) for f in MlflowClient().list_artifacts(run.info.run_id, f"{c.CKA_DIR}/{d}".rstrip("/"))}
+    figures = {s.figure for s in SECTIONS.values() if s.figure} | set(c.MODEL_FIGURES)
+    assert {f"{c.CKA_DIR}/{f}" for f in figures} <= files
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"{c.CKA_DIR}/{c.SUMMARY_FILE}")
+    summary = ModelSummary.read(local)
+    assert summary.extra == {} and summary.dominant is not None and summary.metrics == {
+        k: pytest.approx(v) for k, v in run.data.metrics.items()}
 
 
 @pytest.mark.parametrize("argv,fragment", [

@@ -1,16 +1,20 @@
 """`sweep` on real stores: one worker on SQLite, two worker processes on PostgreSQL, a worker
 killed mid-trial, and reruns that train nothing."""
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import mlflow
 import optuna
 import pytest
 
-from analysis.store import lookup, studies
+from analysis.config import TrainConfig
+from analysis.registry import load_model
+from analysis.store import contract as c, lookup, studies
 from entrypoints import sweep as sweep_entry
 from entrypoints.common import run_main
 from tests.fake_store import runs_of
@@ -42,6 +46,31 @@ def test_grid_on_sqlite_trains_each_cell_once_and_a_rerun_trains_nothing(store):
 
     assert run_sweep("--widths", "0.25,0.5", "--storage", storage) == 0
     assert len(training_runs()) == 2 and len(all_versions()) == 2
+
+
+@pytest.mark.slow
+def test_helper_workers_train_exactly_what_the_sweep_was_given(store):
+    """Issue 26: helpers once got a hand-rebuilt command line that dropped settings. Every setting
+    a sweep takes is given away from its default here, and every field of every registered
+    version's training config must be the one the sweep was given, whichever process trained it."""
+    given = {"epochs": 2, "batch_size": 50, "lr": 0.02, "momentum": 0.8, "weight_decay": 1e-4, "device": "cpu",
+             "eval_every": 2, "snapshot_every": 1, "pc1_penalty": 0.05, "pc1_penalty_layers": "stage3", "image_size": 36}
+    argv = [a for k, v in given.items() for a in (f"--{k}", str(v))]
+    assert run_sweep(*argv, "--widths", "0.25,0.5", "--seeds", "0,1", "--workers", "2",
+                     "--storage", f"sqlite:///{store / 'optuna.db'}") == 0
+    versions = lookup.search_versions("")
+    assert len(versions) == 4
+    every_field = {f.name for f in dataclasses.fields(TrainConfig)}
+    for v in versions:
+        training = load_model(c.model_uri(v.name, v.version)).training  # config.json, as the version holds it
+        cell = {"depth": 8, "width": float(v.tags["width"]), "seed": int(v.tags["seed"]), "data_fraction": 1.0}
+        expected = dataclasses.asdict(TrainConfig(**given, **cell))
+        assert {k: training[k] for k in every_field} == expected
+    pids = {r.data.tags[c.PROCESS_PID] for r in training_runs()}
+    assert len(pids) == 2 and str(os.getpid()) in pids  # the sweep's own process and its helper both trained cells
+    snapshots = {r.info.run_id: mlflow.artifacts.list_artifacts(run_id=r.info.run_id, artifact_path=c.SNAPSHOT_DIR)
+                 for r in training_runs()}
+    assert all(len(files) == 3 for files in snapshots.values())  # epochs 0, 1 and 2, in the helper's cells too
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """`train` end to end through the mlflow CLI, and its bad-input handling on a real SQLite store."""
 
+import dataclasses
 import json
 import shutil
 
@@ -12,12 +13,37 @@ from analysis import registry
 from analysis.store import lookup
 from analysis.data import load_dataset
 from analysis.nets import evaluate
+from analysis.config import TrainConfig
+from analysis.stages.train import REQUEST_ENV, TrainRequest
 from analysis.store import contract as c
 from entrypoints import train as train_entry
 from entrypoints.common import run_main
 from tests.conftest import mlflow_cli
 
 TINY = ["-P", "depth=8", "-P", "width=0.25", "-P", "epochs=2", "-P", "batch_size=50", "-P", "device=cpu"]
+
+
+# Every field of TrainConfig away from its default (a field added later fails the test until it is here).
+OFF_DEFAULT = dict(depth=14, width=0.5, seed=7, data_fraction=0.5, epochs=3, batch_size=64, lr=0.03, momentum=0.8,
+                   weight_decay=1e-4, dataset="cifar100", data_dir="/data/x", device="cpu", subset_seed=2, eval_batch_size=500,
+                   eval_every=2, val_fraction=0.1, channels_last=False, compile=True, snapshot_every=5, pc1_penalty=0.05,
+                   pc1_penalty_layers="stage3", arch="resnet50", image_size=64)
+
+
+def test_a_data_parallel_process_receives_every_setting_of_the_launcher(tmp_path, monkeypatch):
+    """torchrun's processes get the launcher's TrainRequest as JSON (REQUEST_ENV), never a rebuilt
+    command line: every field of TrainConfig arrives with its value and type, the user's params as sent."""
+    default = TrainConfig()
+    assert set(OFF_DEFAULT) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(getattr(default, k) != v for k, v in OFF_DEFAULT.items())
+    request = TrainRequest(TrainConfig(**OFF_DEFAULT), {"nproc": 2, "preset": "quick"}, ("lr", "depth"))
+    path = tmp_path / "request.json"
+    path.write_text(request.to_json())
+    monkeypatch.setenv(REQUEST_ENV, str(path))
+    handed = TrainRequest.handed_over()
+    got = dataclasses.asdict(handed.config)
+    assert got == OFF_DEFAULT and all(type(got[k]) is type(v) for k, v in OFF_DEFAULT.items())
+    assert handed.params == request.params and handed.from_preset == request.from_preset
 
 
 @pytest.mark.slow

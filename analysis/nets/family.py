@@ -125,7 +125,7 @@ class ModelConfig:
                    arch=str(d.get("arch", "resnet")))  # configs written before resnet50 existed have no arch
 
 
-def registered_name(dataset: str, depth: int, width: float, arch: str = "resnet") -> str:
+def registered_name(dataset: str, depth: int, width: float, arch: str) -> str:
     """The registered model of a dataset and architecture: 'cifar10-resnet20-w1' for the CIFAR
     family, 'imagenet-resnet50-d56-w2' for the ResNet-50 family; seeds and data fractions are its versions."""
     return family(arch).name_pattern.format(dataset=dataset, depth=depth, width=short_number(width))

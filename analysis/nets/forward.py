@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import to_float
-from ..device import activation_precision
+from ..device import activation_precision, flat_features
 
-__all__ = ["as_input", "flat_features", "tapped", "stream", "feature_widths", "predict_logits", "evaluate"]
+__all__ = ["as_input", "tapped", "stream", "feature_widths", "predict_logits", "score_logits", "evaluate"]
 
 OnOutput = Callable[[int, torch.Tensor, slice], None]
 
@@ -26,15 +26,6 @@ OnOutput = Callable[[int, torch.Tensor, slice], None]
 def as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A uint8 batch as the nets take it: floats in [0, 1] on `device`, channels_last."""
     return to_float(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-
-
-def flat_features(out: torch.Tensor) -> torch.Tensor:
-    """A layer's output as (n, features), features in memory order: a view, never a copy, for a
-    channels_last activation. Every reduction here is blind to the order of features (Grams) or
-    uses one order throughout (PC1 directions, probe weights), so nothing is lost."""
-    if out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last):
-        return out.permute(0, 2, 3, 1).reshape(len(out), -1)
-    return out.reshape(len(out), -1)
 
 
 @contextlib.contextmanager
@@ -107,12 +98,16 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int
     return stream(model, images, batch_size=batch_size, bf16=bf16)
 
 
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
-             bf16: bool = False) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over the whole set."""
-    logits = predict_logits(model, images, batch_size, bf16)
+def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of logits (N, classes) against labels (N,)."""
     labels = labels.to(logits.device)
     return {
         "loss": F.cross_entropy(logits, labels).item(),
         "accuracy": (logits.argmax(1) == labels).float().mean().item(),
     }
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+             bf16: bool = False) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over the whole set."""
+    return score_logits(predict_logits(model, images, batch_size, bf16), labels)

@@ -7,13 +7,14 @@ the two U-centred Grams over n(n-3). Stacking the flattened U-centred Grams of e
 all layer pairs of a batch into one matrix product, U U^T, and HSIC is summed over batches and
 normalised once at the end (averaging per-batch CKA values would be another, biased estimator).
 
-Precision: features are centred over the batch before the Gram (U-centring is blind to a mean
-shift, and removing it first avoids cancellation when ReLU outputs have large means). `gram` and
-`MinibatchCKA.update` are float64 throughout; the analysis engine (similarity.batch_reductions)
-feeds float32 Grams of centred float32 activations (TF32 off on CUDA), about twice as fast, and
-U-centres, multiplies and sums them in float64. Against a float64 reference on the same
-activations that engine stays below 1e-8 on real ResNet activations and with offsets of 1e4
-(tests/test_similarity.py pins 1e-7); the float64 path stays below 1e-9 (tests/test_cka.py).
+Precision: features are centred over the batch, in their own precision, before the Gram (U-centring
+is blind to a mean shift, and removing it first avoids cancellation when ReLU outputs have large
+means); the Gram is then a float32 product (TF32 off on CUDA), and U-centring, the stacked product
+and every sum are float64. That is the analysis engine's precision (similarity.batch_reductions)
+and the default of `gram`, `cka` and `MinibatchCKA.update`: about twice as fast as float64 Grams,
+and within 1e-8 of a float64 computation on real ResNet activations and with offsets of 1e4
+(tests/test_similarity.py pins 1e-7). `dtype=torch.float64` gives the float64 path, within 1e-9 of
+the term-by-term reference (tests/test_cka.py).
 """
 
 from __future__ import annotations
@@ -24,19 +25,23 @@ import numpy as np
 import torch
 
 from ..config import MIN_HSIC_BATCH
+from ..device import flat_features
 
 __all__ = ["centred", "gram", "u_center", "double_center", "cka", "MinibatchCKA"]
 
 
-def centred(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Features of shape (n, ...) flattened per example, in `dtype`, minus their batch mean."""
-    x = torch.as_tensor(x)
-    x = x.reshape(x.shape[0], -1).to(dtype)
-    return x - x.mean(dim=0, keepdim=True)
+def centred(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Features of shape (n, ...) flattened per example (a view where the layout allows), minus their
+    batch mean, in `dtype`. The mean is removed in the input's precision (float64 stays float64 until
+    then), so a large offset costs nothing; for float32 activations this is their one copy."""
+    x = flat_features(torch.as_tensor(x))
+    x = x.to(torch.promote_types(x.dtype, dtype))
+    return (x - x.mean(dim=0, keepdim=True)).to(dtype)
 
 
-def gram(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Linear Gram matrix of the batch-centred features, x of shape (n, ...) flattened per example."""
+def gram(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Linear Gram matrix of the batch-centred features, x of shape (n, ...) flattened per example:
+    float32 by default (the engine's precision), float64 with `dtype=torch.float64`."""
     x = centred(x, dtype)
     return x @ x.T
 
@@ -61,20 +66,21 @@ def double_center(grams: torch.Tensor) -> torch.Tensor:
     return grams - grams.mean(dim=-1, keepdim=True) - grams.mean(dim=-2, keepdim=True) + grams.mean(dim=(-2, -1), keepdim=True)
 
 
-def cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, debiased: bool = True) -> float:
+def cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, debiased: bool = True,
+        dtype: torch.dtype = torch.float32) -> float:
     """Linear CKA between two full representations of the same n examples (n x d1, n x d2).
 
     debiased=True: the unbiased HSIC estimator (the paper's); False: the classic biased linear
-    CKA of Kornblith et al. (2019).
+    CKA of Kornblith et al. (2019). `dtype`: the Grams' precision, as for `gram`.
     """
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples and y {y.shape[0]}; CKA compares the same examples")
     if debiased:
-        acc = MinibatchCKA(["x"], ["y"])
+        acc = MinibatchCKA(["x"], ["y"], dtype=dtype)
         acc.update([x], [y])
         return float(acc.compute()[0, 0])
-    centred = double_center(torch.stack([gram(x), gram(y)])).flatten(1)
+    centred = double_center(torch.stack([gram(x, dtype), gram(y, dtype)]).double()).flatten(1)
     products = centred @ centred.T
     _check_self(products.diagonal(), ["x", "y"])
     return float(products[0, 1] / torch.sqrt(products[0, 0] * products[1, 1]))
@@ -85,13 +91,16 @@ class MinibatchCKA:
 
     Within one model: `update(feats)` per batch, `compute()` gives the symmetric L x L matrix with
     a unit diagonal. Across two models: `update(feats_a, feats_b)` with the same examples in both,
-    `compute()` gives La x Lb. Features are per-layer tensors of any shape (n, ...), or pass Grams
-    directly to `update_grams` (features.py computes them inside forward hooks).
+    `compute()` gives La x Lb. Features are per-layer tensors of any shape (n, ...), whose Grams
+    `update` computes in `dtype` (float32, the engine's precision, or float64); or pass Grams
+    directly to `update_grams` (the analysis engine computes them inside forward hooks).
     """
 
-    def __init__(self, names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None):
+    def __init__(self, names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None,
+                 dtype: torch.dtype = torch.float32):
         self.names_a = list(names_a) if names_a is not None else None
         self.names_b = list(names_b) if names_b is not None else None
+        self.dtype = dtype
         self.cross: torch.Tensor | None = None  # sum of HSIC1(K_a, K_b), La x Lb (or La x La)
         self.self_a: torch.Tensor | None = None  # sum of HSIC1(K_a, K_a)
         self.self_b: torch.Tensor | None = None
@@ -99,26 +108,27 @@ class MinibatchCKA:
         self.batches = 0
 
     def update(self, feats_a: Sequence[torch.Tensor], feats_b: Sequence[torch.Tensor] | None = None) -> None:
-        grams_a = torch.stack([gram(f) for f in feats_a])
-        grams_b = None if feats_b is None else torch.stack([gram(f) for f in feats_b])
-        self.update_grams(grams_a, grams_b)
+        grams_a = torch.stack([gram(f, self.dtype) for f in feats_a])
+        grams_b = None if feats_b is None else torch.stack([gram(f, self.dtype) for f in feats_b])
+        self.update_grams(grams_a, grams_b, consume=True)
 
     def update_grams(self, grams_a: torch.Tensor, grams_b: torch.Tensor | None = None, consume: bool = False) -> None:
-        """Add one batch given its Grams, stacked (L, n, n), float64 recommended. `consume`: float64
-        Grams the caller no longer needs are U-centred in place (saves a copy of the stack)."""
+        """Add one batch given its Grams, stacked (L, n, n), float32 or float64 (U-centred in
+        float64 either way). `consume`: float64 Grams the caller no longer needs are U-centred in
+        place (saves a copy of the stack); Grams of another dtype are converted, never touched."""
         n = grams_a.shape[-1]
         if n < MIN_HSIC_BATCH:
             raise ValueError(f"a minibatch of {n} examples is too small for unbiased HSIC; use batch_size >= {MIN_HSIC_BATCH}")
         if grams_b is not None and grams_b.shape[-1] != n:
             raise ValueError(f"model A saw {n} examples and model B {grams_b.shape[-1]}; pass the same batch to both")
-        ua = u_center(grams_a.to(torch.float64), inplace=consume).flatten(1)
+        ua = _u_centred(grams_a, consume)
         scale = 1.0 / (n * (n - 3))
         if grams_b is None:
             cross = (ua @ ua.T) * scale  # all layer pairs in one product
             self_a = cross.diagonal().clone()
             self_b = self_a
         else:
-            ub = u_center(grams_b.to(torch.float64), inplace=consume).flatten(1)
+            ub = _u_centred(grams_b, consume)
             cross = (ua @ ub.T) * scale
             self_a = (ua * ua).sum(1) * scale
             self_b = (ub * ub).sum(1) * scale
@@ -147,6 +157,12 @@ class MinibatchCKA:
             out = (out + out.T) / 2  # exact symmetry, and exactly 1 on the diagonal
             np.fill_diagonal(out, 1.0)
         return out
+
+
+def _u_centred(grams: torch.Tensor, consume: bool) -> torch.Tensor:
+    """U-centred float64 Grams, flattened per layer; in place where `grams` is a copy already."""
+    wide = grams.to(torch.float64)
+    return u_center(wide, inplace=consume or wide is not grams).flatten(1)
 
 
 def _check_self(self_hsic: torch.Tensor, names: Sequence[str] | None) -> None:

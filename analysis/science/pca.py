@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..nets import feature_widths, flat_features, stream
+from ..device import flat_features
+from ..nets import feature_widths, stream
 
 __all__ = ["PC1", "estimate_pc1", "batch_pc1_share"]
 

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PROBE_MEMORY_BYTES, PROBE_RIDGE
-from ..nets import feature_widths, flat_features, stream
+from ..device import flat_features
+from ..nets import feature_widths, stream
 
 __all__ = ["LinearProbes", "fit_probes", "probe_accuracy"]
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..nets import flat_features, stream
+from ..nets import stream
 from ..config import MIN_HSIC_BATCH
-from .cka import MinibatchCKA
+from .cka import MinibatchCKA, centred
 
 __all__ = ["VARIANTS", "ModelCKA", "pass_batches", "batch_reductions", "model_cka", "float64_cka"]
 
@@ -83,8 +83,7 @@ def batch_reductions(
     projections = None if directions is None else torch.empty(len(names), n, dtype=torch.float32, device=device)
 
     def reduce(i: int, out: torch.Tensor, _rows: slice) -> None:
-        x = flat_features(out).float()
-        x = x - x.mean(0)  # the one copy of the activation
+        x = centred(out)  # the one copy of the activation
         torch.mm(x, x.T, out=grams[i])
         if projections is not None:
             torch.mv(x, directions[i].to(x.dtype), out=projections[i])
@@ -147,7 +146,7 @@ def float64_cka(model: torch.nn.Module, names: Sequence[str], images: torch.Tens
                 batches: Sequence[torch.Tensor]) -> np.ndarray:
     """The within-model CKA of the same activations over the same `batches` of `images`, every
     Gram, product and sum in float64: the yardstick for the engine's precision (tests, benchmarks)."""
-    acc = MinibatchCKA(names)
+    acc = MinibatchCKA(names, dtype=torch.float64)
     for index in batches:
         feats: list = [None] * len(names)
         stream(model, images[index], names, lambda i, out, _rows: feats.__setitem__(i, out.clone()), batch_size=len(index))

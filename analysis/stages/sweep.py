@@ -47,6 +47,7 @@ __all__ = ["MODES", "SweepWork", "default_study_name", "grid_study", "run_grid",
 MODES = ("grid", "search", "setup")
 WORKER_ATTR = "worker"  # trial user attr: host:pid of the process training the cell
 GRID_SAMPLER_SEED = 0  # the same in every worker, or grid points are missed
+HELPER_START_SECONDS = 300  # the longest the sweep waits for its helper processes to start before it works alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,23 +247,33 @@ def sweep_stage(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, w
 
 
 def _start_helpers(count: int, spec: SweepWork) -> list[multiprocessing.Process]:
-    """`count` more worker processes of the same sweep, sharing this machine's cores with this one."""
+    """`count` more worker processes of the same sweep, sharing this machine's cores with this one.
+    Returns once each has started (or died), so that all of them share the grid from its first
+    cell: a fresh interpreter takes seconds to import torch and MLflow, in which this process
+    alone would take the cells of a small grid."""
     if count == 0:
         return []
     threads = max(1, (os.cpu_count() or 1) // (count + 1))
     torch.set_num_threads(threads)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked CUDA or thread state
-    helpers = [context.Process(target=_helper, args=(spec, threads), name=f"sweep-helper-{k}") for k in range(count)]
+    ready = [context.Event() for _ in range(count)]
+    helpers = [context.Process(target=_helper, args=(spec, threads, ready[k]), name=f"sweep-helper-{k}")
+               for k in range(count)]
     for helper in helpers:
         helper.start()
+    deadline = time.monotonic() + HELPER_START_SECONDS
+    for helper, event in zip(helpers, ready):
+        while not event.wait(timeout=0.5) and helper.is_alive() and time.monotonic() < deadline:
+            pass
     return helpers
 
 
-def _helper(spec: SweepWork, threads: int) -> None:
+def _helper(spec: SweepWork, threads: int, ready) -> None:
     """A helper worker: the sweep's work in this process; an error ends it in one line (exit 2)."""
     os.environ.pop("MLFLOW_RUN_ID", None)  # its cells nest under the sweep run, not the run `mlflow run` created
     mlflow.set_tracking_uri(spec.tracking_uri)
     torch.set_num_threads(threads)
+    ready.set()
     try:
         work(spec)
     except Exception as err:
