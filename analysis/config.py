@@ -23,7 +23,7 @@ __all__ = [
     "short_number", "require", "TRAIN_PRESETS", "PRESET_FIELDS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_preset",
     "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
     "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "PROBE_MEMORY_BYTES", "FITS_TRAINING_SET",
-    "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
+    "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "parse_values", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
 
 
@@ -224,6 +224,20 @@ SWEEP_HEARTBEAT_SECONDS = 30
 SWEEP_MAX_RETRIES = 2
 
 
+def parse_values(text: str, kind: type, name: str) -> tuple:
+    """A comma list of ints or floats, each value once, in order ('8.0' is the int 8); refused in
+    one line naming the setting."""
+    try:
+        out = tuple(dict.fromkeys(kind(float(v)) if kind is int and float(v).is_integer() else kind(v)
+                              for v in text.split(",") if v.strip()))
+    except (ValueError, OverflowError):
+        example = "20,56" if kind is int else "1,2,4"
+        raise ValueError(f"{name}={text!r} is not a comma-separated list of {kind.__name__}s, e.g. {example}") from None
+    if not out:
+        raise ValueError(f"{name} is empty; give at least one value")
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """The width x depth x seed x data-fraction grid of a sweep."""
@@ -236,19 +250,8 @@ class Grid:
     @classmethod
     def parse(cls, depths: str, widths: str, seeds: str, data_fractions: str) -> "Grid":
         """The grid from comma lists (its cells are checked as trainings by training.settings.check_grid)."""
-        def values(text: str, kind, name: str) -> tuple:
-            try:
-                out = tuple(dict.fromkeys(kind(float(v)) if kind is int and float(v).is_integer() else kind(v)
-                                      for v in text.split(",") if v.strip()))
-            except (ValueError, OverflowError):
-                example = "20,56" if kind is int else "1,2,4"
-                raise ValueError(f"{name}={text!r} is not a comma-separated list of {kind.__name__}s, e.g. {example}") from None
-            if not out:
-                raise ValueError(f"{name} is empty; give at least one value")
-            return out
-
-        return cls(values(depths, int, "depths"), values(widths, float, "widths"), values(seeds, int, "seeds"),
-                   values(data_fractions, float, "data_fractions"))
+        return cls(parse_values(depths, int, "depths"), parse_values(widths, float, "widths"),
+                   parse_values(seeds, int, "seeds"), parse_values(data_fractions, float, "data_fractions"))
 
     def search_space(self) -> dict[str, list]:
         return {"depth": list(self.depths), "width": list(self.widths), "seed": list(self.seeds),

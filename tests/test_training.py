@@ -55,7 +55,7 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(config, data, checkpoint=path, checkpoint_meta={"lineage": "x"}, on_epoch=die_after_first_epoch, progress=False)
-    assert len(checkpoints.read_meta(path)["history"]) == 1
+    assert len(checkpoints.histories(checkpoints.read_meta(path))[0]) == 1
     replayed = []
     resumed = train(config, data, checkpoint=path, on_epoch=lambda e, m: replayed.append(e), progress=False)
     assert resumed.resumed_from_epoch == 1 and replayed == [1, 2, 3]
@@ -105,9 +105,9 @@ def test_a_checkpoint_is_durable_before_the_previous_one_is_replaced(data, tmp_p
     """A crash between the two renames of a save leaves only `.previous`, which is then resumed."""
     path = tmp_path / "ckpt.safetensors"
     train(TrainConfig(**{**TINY, "epochs": 2}), data, checkpoint=path, progress=False)
-    assert len(checkpoints.read_meta(path)["history"]) == 2
+    assert len(checkpoints.histories(checkpoints.read_meta(path))[0]) == 2
     path.rename(tmp_path / "ckpt.safetensors.previous")  # as if killed after the first rename
-    assert len(checkpoints.read_meta(path)["history"]) == 2 and path.exists()
+    assert len(checkpoints.histories(checkpoints.read_meta(path))[0]) == 2 and path.exists()
 
 
 def test_no_partial_checkpoint_files_are_left(data, tmp_path):
@@ -190,9 +190,9 @@ def test_snapshots_are_taken_at_the_start_every_k_epochs_and_at_the_end_and_surv
     folder = checkpoints.snapshot_dir(tmp_path / "ckpt.safetensors")
     taken = []
 
-    def keep(epoch, model):
+    def keep(epoch, state):
         taken.append(epoch)
-        checkpoints.save_snapshot(folder, epoch, model)
+        checkpoints.save_snapshot(folder, epoch, state)
 
     def die_after_third_epoch(epoch, metrics):
         if epoch == 3:

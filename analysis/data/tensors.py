@@ -72,8 +72,9 @@ def indices_hash(indices: torch.Tensor) -> str:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images to floats in [0, 1], the paper's only input scaling."""
-    return images.float().div_(255)
+    """uint8 images to floats in [0, 1] (the default float type, float32 unless a float64 test
+    sets it), the paper's only input scaling."""
+    return images.to(torch.get_default_dtype()).div_(255)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -22,7 +22,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from ..config import TrainConfig, short_number
-from ..data import SKIP_BAD_IMAGES_ENV, subset_indices
+from ..data import SKIP_BAD_IMAGES_ENV, ImageData, subset_indices
 from ..nets import registered_name
 from ..store import contract as c
 from ..store.lookup import find_versions
@@ -33,8 +33,8 @@ from ..store.tracking import log_params_once, mark_dead_run, stage_run
 from ..training import TrainResult, train
 from ..training import checkpoints, distributed, settings
 
-__all__ = ["TrainRequest", "TrainOutcome", "train_stage", "follow_stage", "launch_stage", "registered_version",
-           "cell_label", "REQUEST_ENV"]
+__all__ = ["TrainRequest", "TrainOutcome", "train_stage", "follow_stage", "launch_stage", "registered_version", "register_trained",
+           "fingerprint_in_this_store", "logged_training_data", "cell_label", "REQUEST_ENV"]
 
 REQUEST_ENV = "WIDEDEEP_TRAIN_REQUEST"  # set for the processes launch_stage starts: the path of the request's JSON
 
@@ -117,6 +117,16 @@ def train_stage(config: TrainConfig, params: dict | None = None, parent_run_id: 
     return TrainOutcome(run.info.run_id, result, version)
 
 
+def logged_training_data(config: TrainConfig) -> ImageData:
+    """The data a training reads, its subset logged as the active run's dataset."""
+    data = settings.training_data(config)
+    log_training_data(data, config.data_fraction, subset_indices(data.train_y, config.data_fraction, config.subset_seed))
+    if data.skipped_images:
+        print(f"warning: {data.skipped_images} unreadable image(s) left out ({SKIP_BAD_IMAGES_ENV}); "
+              f"logged as param {c.SKIPPED_IMAGES}", file=sys.stderr)
+    return data
+
+
 def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
                         progress: bool | None) -> tuple[TrainResult, ModelVersion]:
     # A checkpoint of the same config in the same store and experiment is resumed.
@@ -124,17 +134,13 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     ckpt = checkpoints.checkpoint_path(fingerprint)
     checkpoints.check_writable(ckpt)  # before any data is read, not after the first epoch
     distributed.broadcast(str(ckpt))  # the other ranks resume from the same file (a shared cache across machines)
-    data = settings.training_data(config)
-    log_training_data(data, config.data_fraction, subset_indices(data.train_y, config.data_fraction, config.subset_seed))
-    if data.skipped_images:
-        print(f"warning: {data.skipped_images} unreadable image(s) left out ({SKIP_BAD_IMAGES_ENV}); "
-              f"logged as param {c.SKIPPED_IMAGES}", file=sys.stderr)
+    data = logged_training_data(config)
     previous = checkpoints.read_meta(ckpt)
     lineage = previous["lineage"] if previous else uuid.uuid4().hex
     if previous:
         mark_dead_run(previous["run_id"])
         mlflow.set_tag(c.RESUMED_FROM, previous["run_id"])
-        print(f"resuming from epoch {len(previous['history'])} of run {previous['run_id']}", file=sys.stderr)
+        print(f"resuming from epoch {len(checkpoints.histories(previous)[0])} of run {previous['run_id']}", file=sys.stderr)
     mlflow.set_tags({c.LINEAGE: lineage, c.FINGERPRINT: fingerprint})
 
     snapshots = checkpoints.snapshot_dir(ckpt)
@@ -145,8 +151,16 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
         checkpoint_meta={"lineage": lineage, "run_id": run_id},
         on_epoch=lambda epoch, metrics: mlflow.log_metrics({**metrics, c.EPOCH: epoch}, step=epoch),
         progress=progress,
-        on_snapshot=lambda epoch, model: checkpoints.save_snapshot(snapshots, epoch, model),
+        on_snapshot=lambda epoch, state: checkpoints.save_snapshot(snapshots, epoch, state),
     )
+    version = register_trained(config, result, data, run_id, lineage, fingerprint, snapshots)
+    checkpoints.remove(ckpt)  # the registry now holds the model; a rerun trains anew
+    return result, version
+
+
+def register_trained(config: TrainConfig, result: TrainResult, data: ImageData, run_id: str, lineage: str, fingerprint: str,
+              snapshots: Path, extra_tags: dict[str, str] | None = None) -> ModelVersion:
+    """Log a trained model's snapshots and data sizes in the active run (its train run) and register it."""
     if config.snapshot_every:  # all of them, those taken before a resume included
         mlflow.log_artifacts(str(snapshots), c.SNAPSHOT_DIR)
     mlflow.log_params({c.TRAIN_SIZE: result.train_size, c.SUBSET_HASH: result.subset_hash, "num_classes": data.num_classes,
@@ -161,12 +175,12 @@ def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
     ).to_tags()
     training = {**config.to_dict(), "classes": list(data.classes), "train_size": result.train_size,
                 "subset_hash": result.subset_hash, "run_id": run_id}
-    version = model_files.register(result.model, settings.model_config(config, data.num_classes), name, tags, training,
+    version = model_files.register(result.model, settings.model_config(config, data.num_classes), name,
+                                   {**tags, **(extra_tags or {})}, training,
                                    example=data.test_x[:EXAMPLE_IMAGES], params={k: getattr(config, k) for k in MODEL_PARAMS},
                                    metrics=result.final, step=config.epochs)
     mlflow.set_tags({c.REGISTERED_MODEL: name, c.MODEL_VERSION: str(version.version)})
-    checkpoints.remove(ckpt)  # the registry now holds the model; a rerun trains anew
-    return result, version
+    return version
 
 
 def follow_stage(config: TrainConfig) -> None:

@@ -7,7 +7,10 @@ store/versions.py (a version's tags) and store/summary.py (an analysis's summary
 Runs. Every run is tagged with its KIND and the process doing it (PROCESS_HOST, PROCESS_PID);
 a failed run carries ERROR, the one-line message the user saw.
 - train runs: LINEAGE, FINGERPRINT, RESUMED_FROM (when resumed), REGISTERED_MODEL + MODEL_VERSION,
-  the per-epoch TRAINING_METRICS and the FINAL_METRICS;
+  the per-epoch TRAINING_METRICS and the FINAL_METRICS; a model trained in a pack (train -P
+  seeds=...) has the same train run, nested under the pack's run and tagged PACK_RUN;
+- pack runs: param PACK_SEEDS, metric PACK_IMAGES_PER_SEC per epoch, PACK_FAILED (the seeds that
+  diverged) where any did;
 - analyze runs, one per model (nested under the group's run when several are analysed together):
   ANALYSIS_MODEL_URI, MODEL_NAME, MODEL_VERSION, TRAIN_RUN_ID, the version's config tags, metrics
   BLOCK_METRICS + EXPLANATION_METRICS, artifacts under CKA_DIR (MODEL_ARTIFACTS); the group's run
@@ -22,13 +25,16 @@ from __future__ import annotations
 
 # --- run tags ---------------------------------------------------------------------------------
 KIND = "widedeep.kind"
-KINDS = ("train", "analyze", "compare", "predictions", "sweep", "search", "study")
+KINDS = ("train", "pack", "analyze", "compare", "predictions", "sweep", "search", "study")
 PROCESS_HOST = "process.host"
 PROCESS_PID = "process.pid"
 ERROR = "error"
 LINEAGE = "lineage"  # one id per training, kept across resumes
 FINGERPRINT = "fingerprint"  # config + store + experiment: the identity sweeps skip on
 RESUMED_FROM = "resumed_from_run"
+PACK_RUN = "pack_run"  # on the train run of a model trained in a pack: the pack's run id
+PACK_SEEDS = "seeds"  # param of a pack run: its seeds, as a comma list
+PACK_FAILED = "pack.failed_seeds"  # tag of a pack run: the seeds whose training diverged
 REGISTERED_MODEL = "registered_model"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
@@ -70,7 +76,8 @@ NEWEST_ALIAS = "newest"
 TRAIN_LOSS = "train_loss"
 TRAIN_BATCH_ACCURACY = "train_accuracy"  # on the augmented batches, per epoch (the version tag is the clean one)
 LEARNING_RATE = "lr"
-IMAGES_PER_SEC = "images_per_sec"
+IMAGES_PER_SEC = "images_per_sec"  # of one model (in a pack, each model's; the pack's is K times more)
+PACK_IMAGES_PER_SEC = "pack_images_per_sec"  # all the pack's models' images together
 EPOCH_SECONDS = "epoch_seconds"
 MFU = "mfu"  # model FLOP utilisation, on GPUs of known peak
 TRAIN_PC1_SHARE = "train_pc1_share"

@@ -1,5 +1,7 @@
-"""Training: model + data + config -> weights, with per-epoch checkpoints to resume from."""
+"""Training: model + data + config -> weights, with per-epoch checkpoints to resume from; one
+model, or a pack of seeds trained as one network (pack.py)."""
 
-from .loop import TrainResult, cosine_lr, step_flops_per_image, train, use_channels_last
+from .loop import TrainResult, cosine_lr, step_flops_per_image, train, train_pack, use_channels_last
+from .pack import Pack, check_pack
 
-__all__ = ["TrainResult", "train", "cosine_lr", "use_channels_last", "step_flops_per_image"]
+__all__ = ["TrainResult", "train", "train_pack", "Pack", "check_pack", "cosine_lr", "use_channels_last", "step_flops_per_image"]

@@ -1,8 +1,9 @@
 """Per-epoch training checkpoints: one safetensors file, no pickle, durable before it counts.
 
-The file holds the model's parameters and buffers (`model.*`), the optimizer's momentum
-buffers (`momentum.<i>`, in parameter order) and, as safetensors metadata, a JSON record of the
-completed epoch, the metric history and the caller's bookkeeping (lineage id, run ids). The
+The file holds the network's parameters and buffers (`model.*`; a pack's network holds its K
+models, pack.py), the optimizer's momentum buffers (`momentum.<i>`, in parameter order) and, as
+safetensors metadata, a JSON record of each model's metric history (`histories`), the models that
+diverged (`errors`) and the caller's bookkeeping (lineage ids, run ids). The
 data order and augmentation of each epoch derive from (seed, epoch), so no RNG state is needed
 for a resumed run to end with the same weights as an uninterrupted one, even one resumed from the
 checkpoint before the newest.
@@ -30,7 +31,8 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from ..data import CACHE_DIR_ENV, cache_dir
 
-__all__ = ["checkpoint_path", "check_writable", "read_meta", "save", "restore", "remove", "snapshot_dir", "save_snapshot"]
+__all__ = ["checkpoint_path", "check_writable", "read_meta", "histories", "save", "restore", "remove", "snapshot_dir",
+           "save_snapshot"]
 
 UNREADABLE = (SafetensorError, OSError, ValueError, KeyError)
 
@@ -45,12 +47,12 @@ def snapshot_dir(path: Path) -> Path:
     return path.with_name(f"{path.stem}.snapshots")
 
 
-def save_snapshot(folder: Path, epoch: int, model: torch.nn.Module) -> Path:
-    """The model's weights after `epoch` epochs as folder/epoch-NNNN.safetensors, written whole or not at all."""
+def save_snapshot(folder: Path, epoch: int, state: dict[str, torch.Tensor]) -> Path:
+    """A model's state dict after `epoch` epochs as folder/epoch-NNNN.safetensors, written whole or not at all."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"epoch-{epoch:04d}.safetensors"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
     os.chmod(tmp, 0o644)
     _fsync(tmp)
     os.replace(tmp, path)
@@ -105,6 +107,17 @@ def read_meta(path: Path) -> dict | None:
     """The metadata of the newest whole checkpoint at `path` (see `_load`), or None."""
     loaded = _load(path)
     return None if loaded is None else loaded[1]
+
+
+def histories(meta: dict | None, size: int = 1) -> list[list[dict]]:
+    """Each model's metric history in a checkpoint's metadata (empty ones for none); a checkpoint
+    written before packs existed holds one model's, as `history`."""
+    if meta is None:
+        return [[] for _ in range(size)]
+    found = meta["histories"] if "histories" in meta else [meta["history"]]
+    if len(found) != size:
+        raise ValueError(f"the checkpoint holds {len(found)} model(s), not {size}; remove it to train anew")
+    return found
 
 
 def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
