@@ -23,7 +23,7 @@ __all__ = [
     "short_number", "require", "TRAIN_PRESETS", "PRESET_FIELDS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_preset",
     "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
     "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "PROBE_MEMORY_BYTES", "FITS_TRAINING_SET",
-    "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "parse_values", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
+    "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "parse_values", "grid_cells", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
 
 
@@ -238,6 +238,11 @@ def parse_values(text: str, kind: type, name: str) -> tuple:
     return out
 
 
+def grid_cells(space: dict[str, list]) -> list[dict]:
+    """Every combination of a search space's values, as {name: value}, in order."""
+    return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+
+
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """The width x depth x seed x data-fraction grid of a sweep."""
@@ -259,8 +264,7 @@ class Grid:
 
     def cells(self) -> list[dict]:
         """Every cell as {depth, width, seed, data_fraction}, in grid order."""
-        space = self.search_space()
-        return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+        return grid_cells(self.search_space())
 
     def configs(self, base: TrainConfig) -> list[TrainConfig]:
         """Every cell as the training `base` with the cell's depth, width, seed and data fraction."""

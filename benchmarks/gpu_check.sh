@@ -12,7 +12,8 @@
 # 1/16 CIFAR-10 folder that script puts in .gpu/cifar10, unless WIDEDEEP_DATA_DIR is set.
 #   a. the `cuda` tests: every entry point once on the device, CKA on the device against the
 #      CPU's float64, bf16 close to float32; then the precision of each engine, measured;
-#   b. the training loop against a bare step, images/s and model FLOP utilisation;
+#   b. the training loop against a bare step, images/s and model FLOP utilisation; packs of seeds
+#      (train -P seeds=...) against one model alone: the pack's images/s, each model's, the gain;
 #   c. the CKA engine against pytorch-cka on the same layers and batches;
 #   d. the `gpu` study preset: a narrow and a wide ResNet on 1/16 of CIFAR-10 with the paper's
 #      recipe, analysed with PC1; its per-model numbers.
@@ -64,11 +65,15 @@ if $dry; then
   device=cpu preset=smoke out=${GPU_CHECK_OUT:-$work/gpu-results.md}
   precision_args="--depth 8 --width 0.5 --examples 100 --batch-size 50"
   train_args="--models 8x0.5 --examples 256 --test-examples 100 --repeats 1"
+  pack_args=("--models 8x0.5 --pack 1,3 --examples 256 --test-examples 100 --repeats 1")
   cka_args="--depth 8 --width 0.5 --batches 1 --batch-size 64 --repeats 1 --threads 2"
 else
   device=cuda preset=gpu out=${GPU_CHECK_OUT:-docs/gpu-results.md}
   precision_args="--depth 56 --examples 1024"
   train_args="--models 20x1,56x1,20x8 --examples 25600 --test-examples 10000 --repeats 3"
+  # the pack issue's targets: ResNet-20 w1 x10 >= 8x one alone, ResNet-56 w1 x10 >= 5x, ResNet-20 w8 x2
+  pack_args=("--models 20x1,56x1 --pack 1,10 --examples 12800 --test-examples 10000 --repeats 3"
+             "--models 20x8 --pack 1,2 --examples 12800 --test-examples 10000 --repeats 3")
   cka_args="--depth 56 --layers all --batches 4 --threads 16"
 fi
 gpu=$("$python" -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'none (CPU dry run)')")
@@ -91,6 +96,10 @@ end() { printf '```\n'; }
   section "b. training loop against the bare step"
   capped 120 train "$python" benchmarks/train.py --device "$device" $train_args || true
   grep -v " INFO " "$logs/train.log" || true
+  for i in "${!pack_args[@]}"; do
+    capped 100 "packs-$i" "$python" benchmarks/train.py --device "$device" ${pack_args[$i]} || true
+    grep -v " INFO " "$logs/packs-$i.log" | grep -v "^$" || true
+  done
   end
 
   section "c. the CKA engine against pytorch-cka"

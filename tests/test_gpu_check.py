@@ -23,4 +23,5 @@ def test_the_gpu_check_dry_run_completes_every_section(tmp_path, tiny_data, cach
     assert re.search(r"\d+ passed", text) and "failed" not in text  # the cuda tests, on the CPU
     assert "bf16 autocast (cpu)" in text and "widedeep" in text and "pytorch-cka" in text
     assert re.search(r"ResNet-8 w0.5 .*\d", text)  # the training benchmark's row
+    assert re.search(r"ResNet-8 w0.5 +3 +[\d.]+ +[\d.]+ +[\d.]+x", text)  # a pack of 3 against one alone
     assert "block_largest_frac" in text  # the study's per-model numbers

@@ -48,6 +48,31 @@ def test_grid_on_sqlite_trains_each_cell_once_and_a_rerun_trains_nothing(store):
     assert len(training_runs()) == 2 and len(all_versions()) == 2
 
 
+def test_packs_register_each_seed_as_its_own_version_and_a_rerun_trains_nothing(store):
+    storage = f"sqlite:///{store / 'optuna.db'}"
+    assert run_sweep("--widths", "0.25", "--seeds", "1", "--pack", "1", "--storage", storage) == 0  # seed 1 alone first
+    assert run_sweep("--widths", "0.25", "--seeds", "0,1,2", "--pack", "2", "--storage", storage) == 0
+    assert all_versions() == [("cifar10-resnet8-w0.25", s, "0.25") for s in ("0", "1", "2")]
+    packs = runs_of("pack")
+    # cells "0,1" and "2": seed 1 was registered, so the first pack trains seed 0 alone and the
+    # second seed 2 alone; nothing is trained twice
+    assert packs == [] and len(training_runs()) == 3
+    assert run_sweep("--widths", "0.25", "--seeds", "0,1,2,3", "--pack", "2", "--storage", storage) == 0
+    # cell "0,1" is registered whole; in cell "2,3" seed 2 is, so seed 3 trains alone
+    assert runs_of("pack") == [] and len(training_runs()) == 4
+    assert run_sweep("--widths", "0.25", "--seeds", "4,5", "--pack", "2", "--storage", storage) == 0
+    (pack,) = runs_of("pack")
+    assert pack.data.params["seeds"] == "4,5" and pack.info.status == "FINISHED"
+    children = [r for r in training_runs() if r.data.tags.get(c.PACK_RUN) == pack.info.run_id]
+    assert sorted(r.data.params["seed"] for r in children) == ["4", "5"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {pack.info.run_id}
+    assert pack.data.tags["mlflow.parentRunId"] == runs_of("sweep")[0].info.run_id  # the newest sweep
+    versions = all_versions()
+    assert len(versions) == 6 and len(training_runs()) == 6
+    assert run_sweep("--widths", "0.25", "--seeds", "4,5", "--pack", "2", "--storage", storage) == 0
+    assert len(training_runs()) == 6 and len(runs_of("pack")) == 1 and all_versions() == versions
+
+
 @pytest.mark.slow
 def test_helper_workers_train_exactly_what_the_sweep_was_given(store):
     """Issue 26: helpers once got a hand-rebuilt command line that dropped settings. Every setting

@@ -12,6 +12,11 @@ nested under the worker's sweep run. Idempotent:
 A dead worker's trial is failed and re-queued by the next worker (store/studies.py), and the
 re-run resumes from the dead run's last epoch checkpoint when it shares the cache dir.
 
+Packs (`pack` > 1): the seeds of each (depth, width, data fraction) are drawn in groups of `pack`
+(the grid's `seed` becomes `seeds`, e.g. "0,1,2,3"), and each group trains as one pack
+(stages/pack.py), its models recorded and registered as lone trainings; seeds already registered
+are left out of the pack. `auto` picks the size (training.pack.auto_pack_size).
+
 Search. TPE over lr and weight decay for one architecture, each trial scored on a validation
 split carved from the training subset (never the test set), with median pruning per epoch.
 """
@@ -34,15 +39,16 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from ..config import SWEEP_MAX_RETRIES, Grid, TrainConfig
+from ..config import SWEEP_MAX_RETRIES, Grid, TrainConfig, grid_cells
 from ..store import contract as c
 from ..store.studies import GRACE_SECONDS, HEARTBEAT_SECONDS, open_study, redact, storage
-from ..store.tracking import first_line, mark_dead_run, process_alive, stage_run
+from ..store.tracking import first_line, log_params_once, mark_dead_run, process_alive, stage_run
 from ..store.versions import VersionInfo
 from ..training import settings, train
-from .train import cell_label, registered_version, train_stage
+from .pack import train_pack_stage
+from .train import cell_label, registered_version
 
-__all__ = ["MODES", "SweepWork", "default_study_name", "grid_study", "run_grid", "work", "sweep_stage"]
+__all__ = ["MODES", "SweepWork", "default_study_name", "grid_space", "grid_study", "run_grid", "work", "sweep_stage"]
 
 MODES = ("grid", "search", "setup")
 WORKER_ATTR = "worker"  # trial user attr: host:pid of the process training the cell
@@ -64,26 +70,45 @@ class SweepWork:
     tracking_uri: str
     n_trials: int = 20  # search mode: trials per worker
     val_fraction: float = 0.1  # search mode: held-out share of the training subset
+    pack: int = 1  # grid mode: seeds of a cell trained together
 
 
-def default_study_name(grid: Grid, base: TrainConfig) -> str:
-    """Same grid and settings -> same name, so workers started with the same command share it."""
-    blob = json.dumps([grid.search_space(), dataclasses.asdict(base)], sort_keys=True, default=str)
+def grid_space(grid: Grid, pack: int = 1) -> dict[str, list]:
+    """What Optuna's GridSampler walks: the grid's own space, or with `pack` > 1 its seeds in groups
+    of `pack` ("0,1,2,3"), one trial per group."""
+    space = grid.search_space()
+    if pack <= 1:
+        return space
+    seeds = [str(s) for s in space.pop("seed")]
+    groups = [",".join(seeds[i : i + pack]) for i in range(0, len(seeds), pack)]
+    return {"depth": space["depth"], "width": space["width"], "seeds": groups, "data_fraction": space["data_fraction"]}
+
+
+def cell_configs(cell: dict, base: TrainConfig) -> list[TrainConfig]:
+    """The trainings of one trial's cell: one, or one per seed of its pack."""
+    if "seeds" not in cell:
+        return [dataclasses.replace(base, **cell)]
+    shared = {k: v for k, v in cell.items() if k != "seeds"}
+    return [dataclasses.replace(base, **shared, seed=int(s)) for s in cell["seeds"].split(",")]
+
+
+def default_study_name(grid: Grid, base: TrainConfig, pack: int = 1) -> str:
+    """Same grid, settings and pack size -> same name, so workers started with the same command share it."""
+    blob = json.dumps([grid_space(grid, pack), dataclasses.asdict(base)], sort_keys=True, default=str)
     return "sweep-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def grid_study(url: str, name: str, grid: Grid) -> optuna.Study:
-    return open_study(url, name, sampler=optuna.samplers.GridSampler(grid.search_space(), seed=GRID_SAMPLER_SEED))
+def grid_study(url: str, name: str, grid: Grid, pack: int = 1) -> optuna.Study:
+    return open_study(url, name, sampler=optuna.samplers.GridSampler(grid_space(grid, pack), seed=GRID_SAMPLER_SEED))
 
 
 def _same_cell(a: dict, b: dict) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("depth", "width", "seed", "data_fraction"))
+    return all(a.get(k) == b.get(k) for k in b)
 
 
-def grid_objective(grid: Grid, base: TrainConfig, parent_run_id: str) -> Callable[[optuna.Trial], float]:
+def grid_objective(grid: Grid, base: TrainConfig, parent_run_id: str, pack: int = 1) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
-        cell = {k: trial.suggest_categorical(k, v) for k, v in grid.search_space().items()}
-        config = dataclasses.replace(base, **cell)
+        cell = {k: trial.suggest_categorical(k, v) for k, v in grid_space(grid, pack).items()}
         trials = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
         for other in trials.values():
             if other.number == trial.number or not _same_cell(other.params, cell):
@@ -98,21 +123,26 @@ def grid_objective(grid: Grid, base: TrainConfig, parent_run_id: str) -> Callabl
         if retried is not None and "mlflow_run_id" in trials[retried].user_attrs:
             mark_dead_run(trials[retried].user_attrs["mlflow_run_id"])
         experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
-        done = registered_version(config, experiment_id)
-        if done is not None:
-            trial.set_user_attr("registered", c.model_uri(done.name, done.version))
-            accuracy = VersionInfo.from_tags(done.tags).test_accuracy
-            return float("nan") if accuracy is None else accuracy
-        outcome = train_stage(config, parent_run_id=parent_run_id, progress=False,
-                              tags={c.SWEEP_TRIAL: str(trial.number), c.SWEEP_STUDY: trial.study.study_name},
-                              on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
-        trial.set_user_attr("registered", outcome.uri)
-        return outcome.result.final["test_accuracy"]
+        configs = cell_configs(cell, base)
+        done = {config.seed: registered_version(config, experiment_id) for config in configs}
+        accuracies = {seed: VersionInfo.from_tags(v.tags).test_accuracy for seed, v in done.items() if v is not None}
+        uris = [c.model_uri(v.name, v.version) for v in done.values() if v is not None]
+        todo = [config for config in configs if done[config.seed] is None]
+        if todo:  # a pack of the seeds not registered yet (or the one training of the cell)
+            outcomes = train_pack_stage(todo, parent_run_id=parent_run_id, progress=False,
+                                        tags={c.SWEEP_TRIAL: str(trial.number), c.SWEEP_STUDY: trial.study.study_name},
+                                        on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+            for config, outcome in zip(todo, outcomes):  # every one registered, or it raised
+                accuracies[config.seed] = outcome.result.final["test_accuracy"]
+                uris.append(outcome.uri)
+        trial.set_user_attr("registered", ",".join(uris))
+        scores = [a for a in accuracies.values() if a is not None]
+        return sum(scores) / len(scores) if scores else float("nan")
 
     return objective
 
 
-def run_grid(study: optuna.Study, grid: Grid, base: TrainConfig, parent_run_id: str) -> None:
+def run_grid(study: optuna.Study, grid: Grid, base: TrainConfig, parent_run_id: str, pack: int = 1) -> None:
     """Take cells until every cell of the grid is complete, whoever completes it. A rerun of a
     finished grid returns at once.
 
@@ -121,11 +151,12 @@ def run_grid(study: optuna.Study, grid: Grid, base: TrainConfig, parent_run_id: 
     cells held by others are waited for (a dead worker's trial is failed once its heartbeat is
     GRACE_SECONDS stale and re-queued, then taken here); failed cells are queued again and
     trained here, and a failure of the training itself ends this worker with an error."""
-    objective = grid_objective(grid, base, parent_run_id)
+    objective = grid_objective(grid, base, parent_run_id, pack)
+    cells = grid_cells(grid_space(grid, pack))
     sampled = False
     waited = False
     while True:
-        held = _unfinished_cells(study, grid)
+        held = _unfinished_cells(study, cells)
         if not held:
             return
         idle = [cell for cell, states in held if not states & {TrialState.RUNNING, TrialState.WAITING}]
@@ -135,11 +166,11 @@ def run_grid(study: optuna.Study, grid: Grid, base: TrainConfig, parent_run_id: 
                 study.enqueue_trial(cell, skip_if_exists=False)
         if not sampled or idle or queued:
             sampled = True
-            study.optimize(objective, n_trials=grid.size * (SWEEP_MAX_RETRIES + 2), catch=(), gc_after_trial=True)
+            study.optimize(objective, n_trials=len(cells) * (SWEEP_MAX_RETRIES + 2), catch=(), gc_after_trial=True)
             continue
         if not waited:
             waited = True
-            labels = ", ".join(cell_label(dataclasses.replace(base, **cell)) for cell, _ in held)
+            labels = ", ".join(cell_label(config) for cell, _ in held for config in cell_configs(cell, base))
             print(f"waiting for {len(held)} cell(s) held by other workers ({labels}); a dead worker's cell is taken over "
                   f"at once if it ran on this machine, else once its heartbeat is {GRACE_SECONDS} s stale", file=sys.stderr)
         optuna.storages.fail_stale_trials(study)  # re-queues a dead worker's cell (RetryHeartbeatStaleTrialCallback)
@@ -161,11 +192,11 @@ def _requeue_dead_here(study: optuna.Study) -> None:
             study.enqueue_trial(t.params, skip_if_exists=False)
 
 
-def _unfinished_cells(study: optuna.Study, grid: Grid) -> list[tuple[dict, set[TrialState]]]:
+def _unfinished_cells(study: optuna.Study, cells: list[dict]) -> list[tuple[dict, set[TrialState]]]:
     """The cells with no complete trial, each with the states of its trials."""
     trials = study.get_trials(deepcopy=False)
     out = []
-    for cell in grid.cells():
+    for cell in cells:
         states = {t.state for t in trials if _same_cell(t.params or t.system_attrs.get("fixed_params", {}), cell)}
         if TrialState.COMPLETE not in states:
             out.append((cell, states))
@@ -208,7 +239,7 @@ def search_objective(base: TrainConfig, parent_run_id: str, val_fraction: float)
 def work(spec: SweepWork) -> None:
     """One worker's share of the sweep, its cells nested under the sweep run."""
     if spec.mode == "grid":
-        run_grid(grid_study(spec.url, spec.name, spec.grid), spec.grid, spec.base, spec.parent_run_id)
+        run_grid(grid_study(spec.url, spec.name, spec.grid, spec.pack), spec.grid, spec.base, spec.parent_run_id, spec.pack)
     else:
         study = open_study(spec.url, f"{spec.name}-search", sampler=optuna.samplers.TPESampler(seed=None),
                            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
@@ -216,23 +247,25 @@ def work(spec: SweepWork) -> None:
 
 
 def sweep_stage(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, workers: int = 1, n_trials: int = 20,
-                val_fraction: float = 0.1, params: dict | None = None) -> str:
+                val_fraction: float = 0.1, params: dict | None = None, pack: int = 1) -> str:
     """The sweep run: create the study once, start `workers - 1` helper processes of the same
-    sweep, work, wait, and count the trials. Returns its run id."""
+    sweep, work, wait, and count the trials. `pack`: seeds of a cell trained together (the entry
+    point resolves auto with training.auto_pack_size). Returns its run id."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
     if workers < 1:
         raise ValueError(f"workers={workers} must be >= 1")
     settings.check_grid(grid, base)
     with stage_run("sweep", f"sweep-{name}", params) as run:
+        log_params_once({"pack_resolved": pack})  # `mlflow run` logs the param as given ('auto')
         mlflow.set_tags({c.SWEEP_STUDY: name, c.SWEEP_STORAGE: redact(url), c.SWEEP_MODE: mode,
                          c.SWEEP_GRID_SIZE: str(grid.size)})
         if mode in ("setup", "grid"):
-            grid_study(url, name, grid)  # created once here, before any worker starts
+            grid_study(url, name, grid, pack)  # created once here, before any worker starts
         if mode == "setup":
             print(f"study {name!r} ready in {redact(url)}; start workers with -P study={name}")
             return run.info.run_id
-        spec = SweepWork(mode, grid, base, url, name, run.info.run_id, mlflow.get_tracking_uri(), n_trials, val_fraction)
+        spec = SweepWork(mode, grid, base, url, name, run.info.run_id, mlflow.get_tracking_uri(), n_trials, val_fraction, pack)
         helpers = _start_helpers(workers - 1, spec)
         try:
             work(spec)

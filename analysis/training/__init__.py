@@ -2,6 +2,6 @@
 model, or a pack of seeds trained as one network (pack.py)."""
 
 from .loop import TrainResult, cosine_lr, step_flops_per_image, train, train_pack, use_channels_last
-from .pack import Pack, check_pack
+from .pack import Pack, auto_pack_size, check_pack
 
-__all__ = ["TrainResult", "train", "train_pack", "Pack", "check_pack", "cosine_lr", "use_channels_last", "step_flops_per_image"]
+__all__ = ["TrainResult", "train", "train_pack", "Pack", "check_pack", "auto_pack_size", "cosine_lr", "use_channels_last", "step_flops_per_image"]

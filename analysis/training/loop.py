@@ -53,7 +53,7 @@ from . import checkpoints, distributed, settings
 from .batches import EpochBatches
 from .pack import Pack, check_pack
 
-__all__ = ["TrainResult", "train", "train_pack", "cosine_lr", "use_channels_last", "step_flops_per_image"]
+__all__ = ["TrainResult", "train", "train_pack", "evaluate_pack", "cosine_lr", "use_channels_last", "step_flops_per_image"]
 
 
 @dataclasses.dataclass
@@ -137,7 +137,7 @@ def _optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD
                            lr=config.lr, momentum=config.momentum)
 
 
-def _evaluate(pack: Pack, images: Images, labels: torch.Tensor, batch_size: int, shard: distributed.Shard) -> list[dict[str, float]]:
+def evaluate_pack(pack: Pack, images: Images, labels: torch.Tensor, batch_size: int, shard: distributed.Shard) -> list[dict[str, float]]:
     """Each model's mean loss and accuracy over the whole set, every data-parallel process scoring
     every world-th example with rank 0's BatchNorm statistics."""
     distributed.share_buffers(pack.network)
@@ -297,7 +297,7 @@ def train_pack(
                 raise FloatingPointError(errors[0])
             # On small training subsets a full test pass can cost more than the epoch itself.
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-                for metrics, s in zip(epoch_metrics, _evaluate(pack, scored.x, scored.y, config.eval_batch_size, shard)):
+                for metrics, s in zip(epoch_metrics, evaluate_pack(pack, scored.x, scored.y, config.eval_batch_size, shard)):
                     metrics.update({f"{scored.name}_loss": s["loss"], f"{scored.name}_accuracy": s["accuracy"]})
             live = [k for k in range(pack.size) if errors[k] is None]
             if not live:
@@ -317,7 +317,7 @@ def train_pack(
     # for models that fit their training set, so it is reported beside every analysis.
     # A strided sample, since the subset is in (often class-sorted) index order.
     stride = math.ceil(n / CLEAN_TRAIN_EVAL_MAX)
-    clean = _evaluate(pack, take(train_x, slice(None, None, stride)), train_y[::stride], config.eval_batch_size, shard)
+    clean = evaluate_pack(pack, take(train_x, slice(None, None, stride)), train_y[::stride], config.eval_batch_size, shard)
     results = []
     for k in range(pack.size):
         history = histories[k]
