@@ -118,6 +118,40 @@ def test_train_killed_at_random_points_resumes_to_the_uninterrupted_weights(tmp_
     assert not list(ckpt_dir.glob(".*.tmp")) and set(ckpt_dir.glob("*.safetensors")) == before
 
 
+def test_a_pack_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, store_template, tiny_data, cache_root,
+                                                                      monkeypatch):
+    monkeypatch.setenv("WIDEDEEP_DATA_DIR", str(tiny_data))
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache_root))
+    monkeypatch.chdir(tmp_path)
+    pack = ["-m", "entrypoints.train", *TRAIN, "--seeds", "0,1,2"]
+    reference = store_uri(tmp_path / "reference", store_template)
+    finish(spawn(pack, reference))
+
+    uri = store_uri(tmp_path / "killed", store_template)
+    ckpt_dir = cache_root / "checkpoints"
+    before = set(ckpt_dir.glob("*.safetensors")) if ckpt_dir.exists() else set()
+    victim = spawn(pack, uri)
+    wait_for_checkpoint(victim, ckpt_dir, before, None)
+    kill_soon(victim, random.Random(1))  # in the epoch after the first checkpoint, or its save
+    finish(spawn(pack, uri))
+
+    for source in (reference, uri):
+        mlflow.set_tracking_uri(source)
+        assert sorted(v.tags[c.SEED] for v in lookup.search_versions("")) == ["0", "1", "2"]  # once each
+    for seed in ("0", "1", "2"):
+        mlflow.set_tracking_uri(reference)
+        (expected,) = lookup.search_versions(f"tags.seed = '{seed}'")
+        expected = registry.load_model(f"models:/{expected.name}/{expected.version}").model.state_dict()
+        mlflow.set_tracking_uri(uri)
+        (got,) = lookup.search_versions(f"tags.seed = '{seed}'")
+        got = registry.load_model(f"models:/{got.name}/{got.version}").model.state_dict()
+        assert all(torch.equal(expected[k], got[k]) for k in expected), seed
+    statuses = [(r.data.tags[c.KIND], r.info.status) for r in runs(uri)]
+    assert sorted(statuses) == sorted([("pack", "KILLED"), ("pack", "FINISHED")] + [("train", "KILLED")] * 3
+                                      + [("train", "FINISHED")] * 3), statuses
+    assert set(ckpt_dir.glob("*.safetensors")) == before
+
+
 def test_analyze_killed_mid_way_leaves_no_complete_looking_run_and_a_rerun_completes(store):
     v = register_model(8, 0.25)
     uri = os.environ["MLFLOW_TRACKING_URI"]

@@ -13,7 +13,8 @@ from analysis.stages.train import registered_version
 from analysis.store import contract as c
 from analysis.store import lookup
 from analysis.training import loop
-from tests.test_stage_train import run_train
+from tests.conftest import mlflow_cli
+from tests.test_stage_train import TINY, run_train
 
 NAME = "cifar10-resnet8-w0.25"
 
@@ -123,3 +124,18 @@ def test_bad_seeds_fail_in_one_line_before_any_work(entry_run, capsys, argv, fra
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and fragment in err and "\n" not in err
     assert [r.info.run_id for r in all_runs()] == [entry_run]
+
+
+@pytest.mark.slow
+def test_mlflow_run_trains_a_pack_and_analyze_reads_its_models_as_any_others(store):
+    proc = mlflow_cli("-e", "train", *TINY, "-P", "seeds=0,1", cwd=store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("registered models:/cifar10-resnet8-w0.25/") == 2
+    (pack,) = [r for r in all_runs() if r.data.tags[c.KIND] == "pack"]
+    assert pack.info.status == "FINISHED" and pack.data.params["seeds"] == "0,1"
+    proc = mlflow_cli("-e", "analyze", "-P", f"search=name='{NAME}'", "-P", "num_examples=60", "-P", "batch_size=20",
+                      "-P", "passes=1", "-P", "device=cpu", cwd=store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    analysed = [r for r in all_runs() if r.data.tags[c.KIND] == "analyze" and c.ANALYSIS_MODEL_URI in r.data.tags]
+    assert sorted(r.data.tags[c.SEED] for r in analysed) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" and c.BLOCK_COUNT in r.data.metrics for r in analysed)
