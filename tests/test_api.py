@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_import_analysis_exposes_the_api_and_version_and_loads_torch_only_when_asked():
     code = ("import sys, analysis; assert 'torch' not in sys.modules and 'mlflow' not in sys.modules; "
             "from importlib.metadata import version; assert analysis.__version__ == version('widedeep'); "

@@ -77,6 +77,7 @@ def _one_process_on_the_global_batch(data, world: int) -> dict[str, torch.Tensor
     return {k: v.detach() for k, v in model.named_parameters()}
 
 
+@pytest.mark.slow  # two torchrun-style processes
 def test_two_gloo_processes_end_with_the_weights_of_one_process_on_the_global_batch(tiny_data, tmp_path):
     out = tmp_path / "rank0.pt"
     args = (2, _free_port(), str(tiny_data), str(tmp_path / "cache"), str(out))

@@ -3,7 +3,6 @@ records it (run, params, metrics, version, fingerprint), under a pack run; failu
 
 import mlflow
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from analysis import registry
@@ -12,8 +11,8 @@ from analysis.stages import pack as pack_stage
 from analysis.stages.train import registered_version
 from analysis.store import contract as c
 from analysis.store import lookup
-from analysis.training import loop
 from tests.conftest import mlflow_cli
+from tests.test_pack import plant_divergence
 from tests.test_stage_train import TINY, run_train
 
 NAME = "cifar10-resnet8-w0.25"
@@ -60,16 +59,7 @@ def test_a_pack_registers_each_seed_as_a_lone_training_would(entry_run, capsys):
 
 
 def test_a_diverging_seed_fails_alone_and_the_others_register(entry_run, capsys, monkeypatch):
-    build = loop.build_model
-
-    def planted(config):  # seed 1 starts with an infinite weight: its loss turns NaN in epoch 1
-        model = build(config)
-        if torch.initial_seed() == 1:
-            with torch.no_grad():
-                model.logits.weight[0, 0] = float("inf")
-        return model
-
-    monkeypatch.setattr(loop, "build_model", planted)
+    plant_divergence(monkeypatch, seed=1)
     assert run_train("--seeds", "0,1,2") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the others' registration
     assert err.startswith("error: 1 of 3 models diverged: seed 1 (training loss became nan") 

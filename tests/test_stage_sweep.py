@@ -48,6 +48,7 @@ def test_grid_on_sqlite_trains_each_cell_once_and_a_rerun_trains_nothing(store):
     assert len(training_runs()) == 2 and len(all_versions()) == 2
 
 
+@pytest.mark.slow  # five sweeps
 def test_packs_register_each_seed_as_its_own_version_and_a_rerun_trains_nothing(store):
     storage = f"sqlite:///{store / 'optuna.db'}"
     assert run_sweep("--widths", "0.25", "--seeds", "1", "--pack", "1", "--storage", storage) == 0  # seed 1 alone first
