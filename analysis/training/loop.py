@@ -279,16 +279,8 @@ def train_pack(
             seconds = time.perf_counter() - started
             seen = steps_per_epoch * config.batch_size
             sums = distributed.sum_all(sums)
-            epoch_metrics = [{
-                "train_loss": sums[0, k].item() / seen,
-                "train_accuracy": sums[1, k].item() / seen,
-                "lr": lr,
-                "images_per_sec": seen / seconds,  # each model's images; the pack's are this times K
-                "epoch_seconds": seconds,
-                **({"mfu": seen / seconds * flops_per_image / peak} if peak else {}),
-                **({"train_pc1_share": sums[2, k].item() / seen,
-                    "train_pc1_penalty": config.pc1_penalty * sums[2, k].item() / seen} if penalised else {}),
-            } for k in range(pack.size)]
+            epoch_metrics = _epoch_metrics(sums, seen, seconds, lr, flops_per_image / peak if peak else None,
+                                           config.pc1_penalty if penalised else None)
             for k, metrics in enumerate(epoch_metrics):
                 if errors[k] is None and not math.isfinite(metrics["train_loss"]):
                     errors[k] = (f"training loss became {metrics['train_loss']} in epoch {epoch + 1}; "
@@ -329,6 +321,22 @@ def train_pack(
         }
         results.append(TrainResult(pack.model(k), history, final, n, indices_hash(scored.subset), start_epoch, errors[k]))
     return results
+
+
+def _epoch_metrics(sums: torch.Tensor, seen: int, seconds: float, lr: float, flops_per_peak: float | None,
+                   pc1_penalty: float | None) -> list[dict[str, float]]:
+    """Each model's metrics of one epoch from the pack's summed losses, correct predictions and
+    PC1 shares (3, K); MFU where the device's peak is known, the PC1 terms where it is penalised."""
+    return [{
+        "train_loss": sums[0, k].item() / seen,
+        "train_accuracy": sums[1, k].item() / seen,
+        "lr": lr,
+        "images_per_sec": seen / seconds,  # each model's images; the pack's are this times K
+        "epoch_seconds": seconds,
+        **({"mfu": seen / seconds * flops_per_peak} if flops_per_peak is not None else {}),
+        **({"train_pc1_share": sums[2, k].item() / seen,
+            "train_pc1_penalty": pc1_penalty * sums[2, k].item() / seen} if pc1_penalty is not None else {}),
+    } for k in range(sums.shape[1])]
 
 
 def _no_bar(progress: bool | None) -> bool | None:
