@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from analysis.cka import MinibatchCKA
-from analysis.device import autocast, prepare_model, resolve_device
+from analysis.device import prepare_model, resolve_device
 from analysis.nets import ModelConfig, build_model, layer_names
 from analysis.science.similarity import batch_reductions
+from analysis.training import plain_step
 
 
 def step_seconds(config: ModelConfig, device: torch.device, steps: int) -> float:
@@ -33,11 +33,7 @@ def step_seconds(config: ModelConfig, device: torch.device, steps: int) -> float
     times = []
     for i in range(steps + 1):
         start = time.perf_counter()
-        with autocast(device):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        plain_step(model, opt, x, y, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i:  # the first step warms up

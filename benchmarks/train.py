@@ -31,14 +31,13 @@ from typing import Iterator
 
 import mlflow
 import torch
-import torch.nn.functional as F
 
 from analysis.config import TrainConfig
 from analysis.data import ImageData, to_float
-from analysis.device import autocast, peak_flops, prepare_model, resolve_device
+from analysis.device import peak_flops, prepare_model, resolve_device
 from analysis.nets import build_model, decayed_parameters
 from analysis.training import loop as training_loop
-from analysis.training import step_flops_per_image, train_pack
+from analysis.training import plain_step, step_flops_per_image, train_pack
 from analysis.training.settings import model_config
 
 
@@ -61,12 +60,7 @@ def bare_epoch(config: TrainConfig, data: ImageData, device: torch.device) -> fl
     start = time.perf_counter()
     for s in range(steps):
         x = to_float(x_all[s * config.batch_size : (s + 1) * config.batch_size]).contiguous(memory_format=fmt)
-        y = y_all[s * config.batch_size : (s + 1) * config.batch_size]
-        with autocast(device):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        plain_step(model, opt, x, y_all[s * config.batch_size : (s + 1) * config.batch_size], device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * config.batch_size / (time.perf_counter() - start)

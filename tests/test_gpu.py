@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.config import Grid, TrainConfig
 from analysis.device import peak_flops
+from analysis.training import auto_pack_size
 from analysis.nets import ModelConfig, build_model, layer_names
 from analysis.science.similarity import float64_cka, model_cka, pass_batches
 from entrypoints import analyze, compare, predictions, study, sweep, train
@@ -29,7 +31,9 @@ def entry(module, *argv: str) -> int:
 
 def test_every_entry_point_runs_once_on_the_device(store):
     optuna_db = f"sqlite:///{store / 'optuna.db'}"
-    assert entry(sweep, "--depths", "8", "--widths", "0.25,0.5", "--seeds", "0,1", "--storage", optuna_db, *TINY) == 0
+    assert entry(sweep, "--depths", "8", "--widths", "0.25,0.5", "--seeds", "0,1", "--pack", "2", "--storage", optuna_db,
+                 *TINY) == 0
+    assert entry(train, "--depth", "8", "--width", "0.25", "--seeds", "3,4", "--pc1_penalty", "0.5", *TINY) == 0
     assert entry(train, "--depth", "8", "--width", "0.25", "--seed", "2", "--snapshot_every", "1", "--pc1_penalty", "0.5",
                  *TINY) == 0
     assert entry(analyze, "--search", "tags.depth='8'", "--num_examples", "60", "--batch_size", "20", "--passes", "1",
@@ -40,7 +44,7 @@ def test_every_entry_point_runs_once_on_the_device(store):
     assert entry(predictions, "--group_a", "name='cifar10-resnet8-w0.25'", "--group_b", "name='cifar10-resnet8-w0.5'",
                  "--permutations", "99", "--device", DEVICE) == 0
     assert entry(study, "--preset", "smoke", "--device", DEVICE, "--storage", optuna_db, "--out", str(store / "report")) == 0
-    for kind in ("sweep", "train", "analyze", "compare", "predictions", "study"):
+    for kind in ("sweep", "train", "pack", "analyze", "compare", "predictions", "study"):
         assert runs_of(kind, "FINISHED"), f"no finished {kind} run"
     trained = runs_of("train", "FINISHED")
     assert any("train_pc1_share" in r.data.metrics for r in trained)  # the penalty's differentiable eigenvalue on the device
@@ -48,6 +52,13 @@ def test_every_entry_point_runs_once_on_the_device(store):
     if peak_flops(torch.device(DEVICE)):  # model FLOP utilisation on GPUs of known peak
         assert all(0 < r.data.metrics["mfu"] < 1 for r in trained)
     assert (store / "report" / "report.html").exists()
+
+
+def test_auto_pack_size_packs_what_fits_on_the_device():
+    grid = Grid(depths=(8,), widths=(0.5,), seeds=tuple(range(64)), data_fractions=(1.0,))
+    size = auto_pack_size(grid, TrainConfig(depth=8, width=0.5, batch_size=50, device=DEVICE))
+    # on the CPU no pack (measured slower); a ResNet-8 w0.5 step needs tens of MB, so 64 fit on any GPU
+    assert size == (64 if torch.device(DEVICE).type == "cuda" else 1)
 
 
 def cka_inputs(images: int = 200):

@@ -53,7 +53,7 @@ from . import checkpoints, distributed, settings
 from .batches import EpochBatches
 from .pack import Pack, check_pack
 
-__all__ = ["TrainResult", "train", "train_pack", "evaluate_pack", "cosine_lr", "use_channels_last", "step_flops_per_image"]
+__all__ = ["TrainResult", "train", "train_pack", "evaluate_pack", "plain_step", "cosine_lr", "use_channels_last", "step_flops_per_image"]
 
 
 @dataclasses.dataclass
@@ -87,6 +87,18 @@ def step_flops_per_image(model_config: ModelConfig, image_shape: tuple[int, ...]
     with FlopCounterMode(display=False) as counter:
         model(torch.empty(2, *image_shape, device="meta")).sum().backward()
     return counter.get_total_flops() / 2
+
+
+def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               device: torch.device) -> torch.Tensor:
+    """One bare training step (forward under autocast, cross-entropy, backward, optimizer step):
+    the floor the benchmarks hold the loop against, and what a model's memory is measured on."""
+    with autocast(device):
+        loss = F.cross_entropy(model(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
 
 
 def cosine_lr(step: int, total_steps: int, base_lr: float) -> float:
