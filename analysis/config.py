@@ -21,7 +21,7 @@ import math
 
 __all__ = [
     "short_number", "require", "TRAIN_PRESETS", "PRESET_FIELDS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_preset",
-    "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "MIN_HSIC_BATCH",
+    "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "BATCHNORM_MODES", "MIN_HSIC_BATCH",
     "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "PROBE_MEMORY_BYTES", "FITS_TRAINING_SET",
     "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "parse_values", "grid_cells", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
@@ -148,6 +148,7 @@ ANALYSES = ("cka", "pc", "probes", "deletion", "dominant")
 LAYER_SETS = ("all", "blocks")
 PROBE_TRAIN = ("subset", "full", "both")
 PRECISIONS = ("float32", "bf16")
+BATCHNORM_MODES = ("auto", "running", "batch")  # auto: running for final models, batch for training snapshots
 MIN_HSIC_BATCH = 4  # the unbiased HSIC estimator divides by n - 3 and n - 2 (science/cka.py)
 
 
@@ -169,6 +170,7 @@ class AnalysisOptions:
     precision: str = "float32"  # activations; "bf16": autocast on CUDA, faster, error measured in docs/performance.md
     dominant_top: int = 10  # dominant examples per layer (science/dominant.py)
     history: bool = False  # also analyse the snapshots kept during training (train -P snapshot_every)
+    batchnorm: str = "auto"  # BatchNorm statistics: running (stored), batch (each analysed batch's own), auto (see bn_mode)
 
     def __post_init__(self) -> None:
         unknown = set(self.analyses) - set(ANALYSES)
@@ -188,12 +190,21 @@ class AnalysisOptions:
             (self.probe_train in PROBE_TRAIN, "probe_train", f"one of {', '.join(PROBE_TRAIN)}"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
             (self.dominant_top >= 1, "dominant_top", "an integer >= 1"),
+            (self.batchnorm in BATCHNORM_MODES, "batchnorm", f"one of {', '.join(BATCHNORM_MODES)}"),
             ("dominant" not in self.analyses or "pc" in self.analyses, "analyses", "pc with dominant (it ranks examples on PC1)"),
         ])  # fmt: skip
 
     @property
     def bf16(self) -> bool:
         return self.precision == "bf16"
+
+    def bn_mode(self, snapshot: bool) -> str:
+        """running or batch: `auto` analyses a final model with its stored statistics (the paper)
+        and a training snapshot with batch statistics (the authors' code for checkpoints; the
+        stored statistics of a young network are its initial ones)."""
+        if self.batchnorm != "auto":
+            return self.batchnorm
+        return "batch" if snapshot else "running"
 
     @staticmethod
     def parse_analyses(text: str) -> tuple[str, ...]:

@@ -55,7 +55,8 @@ def write_model_report(directory: Path, report: ModelReport, summary: ModelSumma
     spans = [(b.start, b.end) for b in report.blocks]
     accuracy = report.metrics[c.ANALYSIS_ACCURACY]
     trained = "?" if train_accuracy is None else f"{train_accuracy:.3f}"
-    subtitle = f"test acc {accuracy:.3f} · train acc {trained} · {len(report.blocks)} block(s)"
+    subtitle = (f"test acc {accuracy:.3f} · train acc {trained} · {len(report.blocks)} block(s) · "
+                f"BatchNorm: {summary.batchnorm or 'running'} statistics")
     if report.metrics.get(c.FITS_TRAINING_SET_METRIC) == 0:
         subtitle += " · UNDER-TRAINED"
     write_matrix(directory, c.MATRIX, report.cka, names, names)
@@ -117,14 +118,14 @@ def write_dominant(directory: Path, found: Dominant, names: Sequence[str], spans
                            found.statistics)
 
 
-def write_history(directory: Path, history: Sequence[tuple[int, ModelReport]], label: str) -> None:
+def write_history(directory: Path, history: Sequence[tuple[int, ModelReport]], label: str, batchnorm: str) -> None:
     """heatmaps.png (one heatmap per snapshot, blocks outlined), metrics.png (the block and PC1
     over epochs), epoch-NNNN.npy (each snapshot's CKA) and summary.json (its metrics and blocks)."""
     directory.mkdir(parents=True, exist_ok=True)
     for epoch, report in history:
         np.save(directory / c.history_matrix_file(epoch), report.cka)
     captions = [f"epoch {e}: " + (f"{r.metrics[c.BLOCK_LARGEST_FRAC]:.0%} in a block" if r.blocks else "no block") for e, r in history]
-    _save(plots.heatmap_strip([r.cka for _, r in history], captions, f"{label}: CKA over training",
+    _save(plots.heatmap_strip([r.cka for _, r in history], captions, f"{label}: CKA over training (BatchNorm: {batchnorm} statistics)",
                               [[(b.start, b.end) for b in r.blocks] for _, r in history]), directory / c.HISTORY_HEATMAPS_FILE)
     series = {"largest block (share of layers)": [r.metrics[c.BLOCK_LARGEST_FRAC] for _, r in history]}
     if history[0][1].pc1_share is not None:

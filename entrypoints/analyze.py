@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.config import ANALYSES, LAYER_SETS, PRECISIONS, PROBE_TRAIN, AnalysisOptions
+from analysis.config import ANALYSES, BATCHNORM_MODES, LAYER_SETS, PRECISIONS, PROBE_TRAIN, AnalysisOptions
 from analysis.stages.analyze import analyze_stage
 from analysis.store.lookup import split_uris, uris_matching
 from entrypoints.common import AUTO, Parser, add_data_dir, check_where, run_main, unless, whole_number
@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dominant_top", type=whole_number, default=d.dominant_top, help="dominant examples per layer (analyses=dominant)")
     p.add_argument("--history", default="false", choices=["true", "false"],
                    help="also analyse the snapshots kept in training (train -P snapshot_every)")
+    p.add_argument("--batchnorm", default=d.batchnorm, choices=BATCHNORM_MODES,
+                   help="BatchNorm statistics: running (stored), batch (each analysed batch's own, stored ones untouched), "
+                        "auto (running for the final model, batch for training snapshots)")
     p.add_argument("--dataset", type=AUTO, default="auto", help="auto: the dataset the models were trained on")
     add_data_dir(p)
     return p
@@ -59,7 +62,7 @@ def main(args: argparse.Namespace) -> None:
         analyses=AnalysisOptions.parse_analyses(args.analyses), layers=args.layers, num_examples=args.num_examples,
         batch_size=args.batch_size, passes=args.passes, seed=args.seed, pc_iterations=args.pc_iterations,
         probe_examples=args.probe_examples, probe_pool=args.probe_pool, probe_train=args.probe_train,
-        precision=args.precision, dominant_top=args.dominant_top, history=args.history == "true",
+        precision=args.precision, dominant_top=args.dominant_top, history=args.history == "true", batchnorm=args.batchnorm,
     )
     check_where(args.device, args.data_dir, args.dataset)
     uris = model_uris(args.models, args.search)

@@ -37,7 +37,8 @@ def test_snapshots_penalty_history_and_dominant_examples_through_mlflow_run(stor
     assert all(penalty[m.step] == pytest.approx(0.5 * m.value) for m in shares)
 
     model = "models:/cifar10-resnet8-w0.25/1"
-    proc = mlflow_cli("-e", "analyze", "-P", f"models={model}", "-P", "analyses=dominant", "-P", "history=true",
+    # batchnorm=running: the snapshots analysed as the final model is (auto gives them batch statistics)
+    proc = mlflow_cli("-e", "analyze", "-P", f"models={model}", "-P", "analyses=dominant", "-P", "history=true", "-P", "batchnorm=running",
                       "-P", "dominant_top=5", "-P", "num_examples=60", "-P", "batch_size=20", "-P", "passes=1",
                       "-P", "pc_iterations=2", "-P", "device=cpu", cwd=store)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -106,7 +107,7 @@ def planted_block_snapshots(run_id: str, folder) -> None:
 def test_history_finds_a_block_planted_in_one_snapshot(store, tmp_path):
     version = register_model(32, 0.25, 0, train_accuracy="0.95")
     planted_block_snapshots(version.run_id, tmp_path / "snapshots")
-    assert run_analyze("--models", uri(version), "--history", "true", "--layers", "blocks") == 0
+    assert run_analyze("--models", uri(version), "--history", "true", "--layers", "blocks", "--batchnorm", "running") == 0
     (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
               if r.data.tags.get(c.ANALYSIS_MODEL_URI) == uri(version)]
     client = MlflowClient()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from analysis.data import load_dataset
-from analysis.nets import ModelConfig, build_model, layer_names
+from analysis.nets import ModelConfig, as_input, batch_statistics, build_model, layer_names
 from analysis.science.pca import estimate_pc1
 from analysis.science.similarity import float64_cka, model_cka, pass_batches
 from tests.synthetic import Lookup, index_images, shared_pc_layers
@@ -81,3 +81,40 @@ def test_float32_grams_stay_within_1e_7_with_large_activation_offsets(offset):
     got = model_cka([model], [names], images, torch.zeros(200, dtype=torch.long), batch_size=50, passes=1, progress=False)
     expected = float64_cka(model, names, images, pass_batches(200, 50, 1, 0))
     assert np.abs(got.within(0) - expected).max() <= 1e-7
+
+
+def test_batch_statistics_recover_the_heatmap_that_wrong_running_statistics_distort(tiny_data, cache_root, monkeypatch):
+    """A network whose stored BatchNorm statistics are its initial ones (mean 0, variance 1), as a
+    young snapshot's are: in inference mode its heatmap is distorted; with batch statistics it is
+    (close to) the heatmap of the same network with statistics fitted to the data, and the stored
+    statistics are left as they were."""
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache_root))
+    data = load_dataset("cifar10", tiny_data)
+    images, targets = data.train_x, data.train_y  # 300 images
+    config = ModelConfig(8, 0.5)
+    torch.manual_seed(0)
+    model = build_model(config)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:  # the population statistics of these images: a cumulative average over one pass
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(as_input(images, torch.device("cpu")))
+    model.eval()
+    names = layer_names(config)
+
+    def heatmap() -> np.ndarray:
+        return model_cka([model], [names], images, targets, batch_size=150, passes=1).within(0)
+
+    right = heatmap()
+    for m in norms:  # planted: the statistics of initialisation
+        m.reset_running_stats()
+    wrong = heatmap()
+    with batch_statistics(model):
+        batch = heatmap()
+    # measured: 0.38 and 0.004
+    assert np.abs(wrong - right).max() > 0.2
+    assert np.abs(batch - right).max() < 0.02
+    assert all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) and torch.equal(m.running_var, torch.ones_like(m.running_var))
+               and int(m.num_batches_tracked) == 0 for m in norms)

@@ -144,3 +144,13 @@ def test_bad_input_fails_in_one_line(store, capsys, monkeypatch, argv, fragment)
 def test_models_trained_on_different_datasets_are_refused(store, capsys):
     assert run_analyze("--models", f"{register(0)},{register(1, 'cifar100')}") == 2
     assert "different datasets" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, final", [("auto", "running"), ("batch", "batch")])
+def test_the_batchnorm_mode_is_a_param_and_in_the_summary(store, given, final):
+    model = register(0)
+    assert run_analyze("--models", model, "--batchnorm", given) == 0
+    parent, run = sorted(runs_of("analyze"), key=lambda r: c.ANALYSIS_MODEL_URI in r.data.tags)
+    assert parent.data.params["batchnorm"] == given
+    summary = json.loads(artifact(run.info.run_id, f"{c.CKA_DIR}/{c.SUMMARY_FILE}"))
+    assert summary["batchnorm"] == final

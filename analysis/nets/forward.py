@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..data import to_float
 from ..device import activation_precision, flat_features
 
-__all__ = ["as_input", "tapped", "stream", "feature_widths", "predict_logits", "score_logits", "evaluate"]
+__all__ = ["as_input", "tapped", "batch_statistics", "stream", "feature_widths", "predict_logits", "score_logits", "evaluate"]
 
 OnOutput = Callable[[int, torch.Tensor, slice], None]
 
@@ -51,6 +51,26 @@ def tapped(model: torch.nn.Module, names: Sequence[str], on_output: Callable[[in
     finally:
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def batch_statistics(model: torch.nn.Module) -> Iterator[None]:
+    """While open, every BatchNorm of `model` normalises with the statistics of the batch it is
+    given, as in training, and its stored running statistics are neither used nor changed.
+
+    The authors analyse intermediate checkpoints this way (their `convert_bn_to_train_mode`): the
+    stored statistics of a young network are those of its initialisation (mean 0, variance 1),
+    so in inference mode its BatchNorms do not normalise at all. A BatchNorm whose running
+    buffers are None uses batch statistics even in eval mode, and updates nothing."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    stored = [(m.running_mean, m.running_var) for m in norms]
+    try:
+        for m in norms:
+            m.running_mean = m.running_var = None
+        yield
+    finally:
+        for m, (mean, var) in zip(norms, stored):
+            m.running_mean, m.running_var = mean, var
 
 
 @torch.inference_mode()

@@ -20,6 +20,7 @@ with its metrics and the run that holds them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 from itertools import combinations
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 from ..config import AnalysisOptions
 from ..data import ImageData, take
 from ..device import resolve_device
-from ..nets import layer_names, probe_layers
+from ..nets import batch_statistics, layer_names, probe_layers
 from ..render import write_heatmap, write_history, write_matrix, write_model_report
 from ..science.blocks import find_blocks
 from ..science.deletion import deletion_accuracy
@@ -101,11 +102,21 @@ def example_indices(num_test: int, options: AnalysisOptions) -> torch.Tensor:
 
 
 def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOptions,
-                   progress: bool | None = None) -> tuple[list[ModelReport], ModelCKA]:
-    """Run the chosen analyses on every model. Returns one report per model and the joint CKA
-    (whose cross blocks compare the models pairwise)."""
+                   progress: bool | None = None, snapshot: bool = False) -> tuple[list[ModelReport], ModelCKA]:
+    """Run the chosen analyses on every model (training snapshots with `snapshot`), BatchNorm in
+    the options' mode for them (AnalysisOptions.bn_mode). Returns one report per model and the
+    joint CKA (whose cross blocks compare the models pairwise)."""
     if data.num_classes != models[0].config.num_classes:
         raise ValueError(f"dataset {data.name!r} has {data.num_classes} classes but the models predict {models[0].config.num_classes}")
+    with contextlib.ExitStack() as modes:
+        if options.bn_mode(snapshot) == "batch":
+            for m in models:
+                modes.enter_context(batch_statistics(m.model))
+        return _analyze(models, data, options, progress)
+
+
+def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOptions,
+             progress: bool | None) -> tuple[list[ModelReport], ModelCKA]:
     examples = example_indices(len(data.test_x), options)
     images, targets = take(data.test_x, examples), data.test_y[examples]
     names = [layer_names(m.config, options.layers) for m in models]
@@ -160,7 +171,7 @@ def analyze_history(m: LoadedModel, snapshots: Sequence[tuple[int, str]], data: 
     for epoch, path in tqdm(snapshots, desc=f"{m.label}: training history", disable=None if progress is None else not progress):
         weights = Path(mlflow.artifacts.download_artifacts(run_id=m.run_id, artifact_path=path))
         model = build_with_weights(m.config, weights, f"{m.uri} snapshot of epoch {epoch}").to(device).eval()
-        reports, _ = analyze_models([dataclasses.replace(m, model=model, tags=tags)], data, chosen, progress=False)
+        reports, _ = analyze_models([dataclasses.replace(m, model=model, tags=tags)], data, chosen, progress=False, snapshot=True)
         out.append((epoch, reports[0]))
     return out
 
@@ -178,7 +189,8 @@ def _log(reports: Sequence[ModelReport], histories: Sequence[list[tuple[int, Mod
     """One child run per model under the active run, which gets the cross matrices."""
     common = {"num_examples": joint.num_examples, "batches": joint.batches, "passes": options.passes,
               "batch_size": options.batch_size, "layers": options.layers, "analyses": list(options.analyses),
-              "probe_pool": options.probe_pool, "precision": options.precision}  # fields of every model's ModelSummary
+              "probe_pool": options.probe_pool, "precision": options.precision,
+              "batchnorm": options.bn_mode(snapshot=False)}  # fields of every model's ModelSummary
     mlflow.set_tag(c.ANALYSIS_MODELS, ",".join(m.uri for m in loaded))
     mlflow.log_param("analysed_examples", joint.num_examples)
     run_ids = []
@@ -191,7 +203,7 @@ def _log(reports: Sequence[ModelReport], histories: Sequence[list[tuple[int, Mod
                 for epoch, snapshot in history:
                     mlflow.log_metrics(history_metrics(snapshot), step=epoch)
                 with tempfile.TemporaryDirectory() as tmp:
-                    write_history(Path(tmp), history, m.label)
+                    write_history(Path(tmp), history, m.label, options.bn_mode(snapshot=True))
                     mlflow.log_artifacts(tmp, c.HISTORY_DIR)
             run_ids.append(child.info.run_id)
     if len(reports) > 1:

@@ -47,6 +47,7 @@ class ModelSummary:
     analyses: list[str] = dataclasses.field(default_factory=list)
     probe_pool: int | None = None
     precision: str | None = None
+    batchnorm: str | None = None  # the BatchNorm statistics analysed with: running or batch (absent before it existed: running)
     pc1_share: dict[str, float] | None = None
     pc1_residual_max: float | None = None
     probe_accuracy: dict[str, dict[str, float]] | None = None  # probe training set -> layer -> accuracy
