@@ -87,6 +87,9 @@ def test_several_models_give_nested_runs_and_cross_heatmaps(store):
     assert sorted(child.data.tags[c.ANALYSIS_MODEL_URI] for child in children) == sorted([a, b])
     assert {(child.info.run_name, child.data.tags[c.KIND]) for child in children} == {(f"{NAME}-v1", "analyze"),
                                                                                     (f"{NAME}-v2", "analyze")}
+    for child in children:  # every analysis sanity-checked; two seeds of one architecture also identify layers
+        assert set(c.SANITY_METRICS) <= set(child.data.metrics) and child.data.metrics[c.SANITY_DIAGONAL_ERROR] < 1e-9
+        assert 0 <= child.data.metrics[c.SANITY_SEED_IDENTIFICATION] <= 1
     cross_dirs = [f.path for f in MlflowClient().list_artifacts(parent.info.run_id, c.CROSS_DIR)]
     assert cross_dirs == [f"cross/{NAME}-v2__vs__{NAME}-v1"]  # newest first, as the search returns
     cross = artifact(parent.info.run_id, f"{cross_dirs[0]}/cka.npy")

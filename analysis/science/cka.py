@@ -27,7 +27,7 @@ import torch
 from ..config import MIN_HSIC_BATCH
 from ..device import flat_features
 
-__all__ = ["centred", "gram", "u_center", "double_center", "cka", "MinibatchCKA"]
+__all__ = ["centred", "gram", "u_center", "double_center", "cka", "MinibatchCKA", "shuffled_hsic"]
 
 
 def centred(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -144,8 +144,10 @@ class MinibatchCKA:
                 self.self_b += self_b
         self.batches += 1
 
-    def compute(self) -> np.ndarray:
-        """The CKA matrix as float64. Raises naming any layer whose summed self-HSIC is not positive."""
+    def compute(self, symmetrise: bool = True) -> np.ndarray:
+        """The CKA matrix as float64. Raises naming any layer whose summed self-HSIC is not positive.
+        Within one model it is made exactly symmetric with a unit diagonal unless `symmetrise` is
+        False (the matrix as estimated, for the sanity checks of science/sanity.py)."""
         if self.cross is None:
             raise ValueError("no minibatch was added; call update() first")
         _check_self(self.self_a, self.names_a)
@@ -153,10 +155,25 @@ class MinibatchCKA:
         _check_self(self_b, self.names_b if not self.within else self.names_a)
         out = self.cross / torch.sqrt(self.self_a[:, None] * self_b[None, :])
         out = out.cpu().numpy()
-        if self.within:
+        if self.within and symmetrise:
             out = (out + out.T) / 2  # exact symmetry, and exactly 1 on the diagonal
             np.fill_diagonal(out, 1.0)
         return out
+
+
+def shuffled_hsic(grams: torch.Tensor, generator: torch.Generator, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each layer of a stack of Grams (L, n, n): (<U(K), U(P K P^T)>, <U(K), U(K)>) in float64,
+    P one random permutation of the batch (drawn from `generator`). Summed over batches, their
+    ratio is each layer's CKA with its own batch-permuted activations: the shuffled baseline of
+    science/sanity.py. U-centring commutes with the permutation, so U(P K P^T) = P U(K) P^T. Layers
+    are taken `chunk` at a time, so the extra memory is a few Grams."""
+    perm = torch.randperm(grams.shape[-1], generator=generator).to(grams.device)
+    cross, own = [], []
+    for part in grams.split(chunk):
+        u = u_center(part.to(torch.float64))  # a copy: the caller's Grams are left as they are
+        cross.append((u * u[:, perm][:, :, perm]).sum((1, 2)))
+        own.append((u * u).sum((1, 2)))
+    return torch.cat(cross), torch.cat(own)
 
 
 def _u_centred(grams: torch.Tensor, consume: bool) -> torch.Tensor:

@@ -7,7 +7,8 @@ model's own heatmap and each cross-model heatmap are blocks of that joint matrix
 With PC1 directions (pca.estimate_pc1), the same forward pass also feeds CKA with each layer's
 PC1 removed (Grams K - q q^T) and CKA of the PC1 projections alone (Grams q q^T).
 A pass drops its last partial batch (unless it is the only one), so every batch has equal
-weight and size.
+weight and size. The same batches give the sanity checks (sanity.py): the joint matrix as
+estimated, and each layer's CKA with its own batch-permuted activations (cka.shuffled_hsic).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from tqdm.auto import tqdm
 
 from ..nets import stream
 from ..config import MIN_HSIC_BATCH
-from .cka import MinibatchCKA, centred
+from .cka import MinibatchCKA, centred, shuffled_hsic
+from .sanity import matrix_checks
 
 __all__ = ["VARIANTS", "ModelCKA", "pass_batches", "batch_reductions", "model_cka", "float64_cka"]
 
@@ -35,6 +37,8 @@ class ModelCKA:
     accuracy: list[float]  # accuracy of each model on the examples analysed
     batches: int
     num_examples: int
+    sanity: dict[str, float] = dataclasses.field(default_factory=dict)  # the joint matrix as estimated (sanity.matrix_checks)
+    shuffled: np.ndarray | None = None  # per layer of all models: CKA with its own batch-permuted activations
 
     def _span(self, i: int) -> slice:
         offsets = np.cumsum([0] + [len(n) for n in self.names])
@@ -45,6 +49,10 @@ class ModelCKA:
 
     def cross(self, i: int, j: int, variant: str = "cka") -> np.ndarray:
         return self.joint[variant][self._span(i), self._span(j)]
+
+    def shuffled_of(self, i: int) -> np.ndarray:
+        """Model i's layers' shuffled baseline."""
+        return self.shuffled[self._span(i)]
 
 
 def pass_batches(num_examples: int, batch_size: int, passes: int, seed: int) -> list[torch.Tensor]:
@@ -112,6 +120,8 @@ def model_cka(
     variants = VARIANTS if directions is not None else VARIANTS[:1]
     accumulators = {v: MinibatchCKA(flat) for v in variants}
     correct = [0] * len(models)
+    shuffled = torch.zeros(2, len(flat), dtype=torch.float64)  # summed <U(K), U(PKP^T)> and <U(K), U(K)>
+    permutations = torch.Generator().manual_seed(seed)
     batches = pass_batches(len(images), batch_size, passes, seed)
     per_pass = len(batches) // passes
     for k, index in enumerate(tqdm(batches, desc="CKA batches", disable=None if progress is None else not progress)):
@@ -126,6 +136,7 @@ def model_cka(
             if k < per_pass:  # accuracy over the first pass, which sees each example at most once
                 correct[m] += int((logits.argmax(1).cpu() == targets[index]).sum())
         grams = torch.cat(grams).to(torch.float64)
+        shuffled += torch.stack(shuffled_hsic(grams, permutations)).cpu()
         accumulators["cka"].update_grams(grams, consume=directions is None)
         if directions is not None:  # one stack of Grams at a time besides `grams`: K - qq^T in place
             q = torch.cat(projections).to(torch.float64)
@@ -139,6 +150,8 @@ def model_cka(
         accuracy=[c / first_pass for c in correct],
         batches=len(batches),
         num_examples=len(images),
+        sanity=matrix_checks(accumulators["cka"].compute(symmetrise=False), flat),
+        shuffled=(shuffled[0] / shuffled[1]).numpy(),
     )
 
 

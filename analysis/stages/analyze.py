@@ -7,6 +7,9 @@ Order, and what shares a forward pass:
 3. probes: one pass over the probe training examples, one over the analysed test examples.
 4. deletion: one pass over the analysed test examples per deletable block.
 5. dominant: no pass of its own; it ranks the examples on the PC1 scores of step 1.
+Every analysis is checked (science/sanity.py): the matrix as estimated (a violation fails the
+run), a shuffled baseline from the same batches, and, between models of one architecture,
+seed-to-seed identification; logged as metrics under sanity/.
 With history, every training snapshot of each model is analysed the same way (cka, and pc and
 dominant if chosen) and logged with step = epoch under history/ in the model's run.
 
@@ -44,6 +47,7 @@ from ..science.dominant import find_dominant
 from ..science.explain import ModelReport, base_metrics, explanation_metrics, fit_to_training_set, probe_training_indices
 from ..science.pca import estimate_pc1
 from ..science.probes import fit_probes, probe_accuracy
+from ..science.sanity import seed_identification, shuffled_metrics
 from ..science.similarity import ModelCKA, model_cka
 from ..store import contract as c
 from ..store.datasets import log_analysed_examples
@@ -134,7 +138,8 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
     for i, m in enumerate(models):
         found = find_blocks(joint.within(i), names[i])
         report = ModelReport(label=m.label, names=names[i], cka=joint.within(i), blocks=found,
-                             metrics=base_metrics(found, len(names[i]), joint.accuracy[i]))
+                             metrics={**base_metrics(found, len(names[i]), joint.accuracy[i]), **joint.sanity,
+                                      **shuffled_metrics(joint.shuffled_of(i))})
         if (fit := fit_to_training_set(m.info.train_accuracy, m.label)) is not None:
             report.metrics[c.FITS_TRAINING_SET_METRIC] = fit
         if pcs is not None:
@@ -157,6 +162,10 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
             report.deletion = deletion_accuracy(m.model, m.config, images, targets, bf16=options.bf16)
         report.metrics.update(explanation_metrics(report))
         reports.append(report)
+    for i, report in enumerate(reports):  # another seed of the same architecture: is each layer found again?
+        others = [j for j, other in enumerate(models) if j != i and other.config == models[i].config]
+        if others:
+            report.metrics[c.SANITY_SEED_IDENTIFICATION] = float(np.mean([seed_identification(joint.cross(i, j)) for j in others]))
     return reports, joint
 
 

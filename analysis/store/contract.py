@@ -122,6 +122,15 @@ EXPLANATION_METRICS = (
     DELETION_DROP_OUTSIDE, DOMINANT_OVERLAP_IN_BLOCK, DOMINANT_OVERLAP_OUTSIDE, DOMINANT_SHARE_IN_BLOCK,
 )  # fmt: skip
 ANALYSIS_METRICS = (*BLOCK_METRICS, ANALYSIS_ACCURACY, *EXPLANATION_METRICS)
+# Sanity of every analysis (science/sanity.py): the matrix before it is made exactly symmetric, a
+# shuffled baseline, and with several seeds of one architecture, seed-to-seed identification.
+SANITY_DIAGONAL_ERROR = "sanity/diagonal_error"  # max |CKA(l, l) - 1|
+SANITY_ASYMMETRY = "sanity/asymmetry"  # max |CKA(a, b) - CKA(b, a)|
+SANITY_RANGE_EXCESS = "sanity/range_excess"  # how far the largest |CKA| lies beyond 1 (0 when within)
+SANITY_SHUFFLED_MAX = "sanity/shuffled_max_abs"  # max over layers of |CKA(layer, its own batch-permuted self)|
+SANITY_SHUFFLED_MEAN = "sanity/shuffled_mean_abs"
+SANITY_SEED_IDENTIFICATION = "sanity/seed_identification"  # share of layers matched to themselves in another seed
+SANITY_METRICS = (SANITY_DIAGONAL_ERROR, SANITY_ASYMMETRY, SANITY_RANGE_EXCESS, SANITY_SHUFFLED_MAX, SANITY_SHUFFLED_MEAN)
 
 
 def dominant_share_top(k: int) -> str:
