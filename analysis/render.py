@@ -90,6 +90,14 @@ def write_model_report(directory: Path, report: ModelReport, summary: ModelSumma
         summary.deletion_accuracy = report.deletion
     if report.dominant is not None:
         summary.dominant = write_dominant(directory / c.DOMINANT_DIR, report.dominant, names, spans, label)
+    if report.cka_without_dominant is not None:
+        out = directory / c.DOMINANT_DIR
+        write_matrix(out, c.MATRIX_WITHOUT_DOMINANT, report.cka_without_dominant, names, names)
+        write_matrix(out, c.MATRIX_WITHOUT_RANDOM, report.cka_without_random, names, names)
+        _save(plots.heatmap_pair(report.cka_without_dominant, report.cka_without_random, names,
+                                 (f"without the blocks' {report.dominant_removed} dominant images",
+                                  f"without {report.dominant_removed} random images (control)"),
+                                 f"{label}: the follow-up's causal test", blocks=spans), out / c.HEATMAP_WITHOUT_DOMINANT_FILE)
     summary.write(directory / c.SUMMARY_FILE)
 
 

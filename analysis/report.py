@@ -72,6 +72,11 @@ SECTIONS = {
         "block's first principal component: the same images top every layer of the block, far more than elsewhere, and "
         "the set differs between seeds.", (c.DOMINANT_OVERLAP_IN_BLOCK, c.DOMINANT_OVERLAP_OUTSIDE, c.DOMINANT_SHARE_IN_BLOCK),
         f"{c.DOMINANT_DIR}/{c.DOMINANT_OVERLAP}.png", 380),
+    "without-dominant": Section(
+        "Without the dominant images (beyond the paper)", "(The follow-up's causal test.) Removing the blocks' few "
+        "dominant images from the analysed examples removes the block structure; removing as many random images does not.",
+        (c.BLOCK_MEAN_CKA, c.BLOCK_MEAN_CKA_WITHOUT_DOMINANT, c.BLOCK_MEAN_CKA_WITHOUT_RANDOM, c.DOMINANT_REMOVED),
+        f"{c.DOMINANT_DIR}/{c.HEATMAP_WITHOUT_DOMINANT_FILE}", 720),
 }
 
 

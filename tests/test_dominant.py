@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.science.blocks import Block
-from analysis.science.dominant import example_shares, find_dominant, image_statistics, jaccard, region_overlaps
+from analysis.science.blocks import Block, mean_off_diagonal
+from analysis.science.dominant import example_shares, find_dominant, image_statistics, jaccard, region_overlaps, removal_sets
 from analysis.science.explain import ModelReport, explanation_metrics
 from analysis.science.pca import estimate_pc1
+from analysis.science.similarity import model_cka
 from tests.synthetic import Lookup, index_images
 
 N, D, K = 120, 16, 3
@@ -114,3 +115,26 @@ def test_image_statistics_of_known_images():
 def test_a_top_k_as_large_as_the_example_count_is_refused():
     with pytest.raises(ValueError, match="dominant_top=5 must be between 1"):
         find_dominant(np.ones((2, 5)), [], torch.zeros(5, 3, 2, 2, dtype=torch.uint8), np.arange(5), 5)
+
+
+def test_removing_the_planted_dominant_examples_removes_the_block_and_removing_random_ones_does_not():
+    """The follow-up's causal test on a planted answer: layers 1-3 are alike only through the three
+    PLANTED examples, so CKA without them falls to noise, while CKA without three random examples
+    keeps the block."""
+    model = Lookup(planted_tables())
+    images, targets = index_images(N), torch.zeros(N, dtype=torch.long)
+    pc = estimate_pc1(model, model.names, images, batch_size=60, iterations=6, progress=False)
+    found = find_dominant(pc.scores, [BLOCK], planted_images(), np.arange(N), K)
+    dominant, control = removal_sets(found, [BLOCK], seed=0)
+    assert sorted(dominant) == PLANTED and len(control) == K and not set(control) & set(PLANTED)
+
+    def block_cka(removed: np.ndarray) -> float:
+        keep = torch.from_numpy(np.setdiff1d(np.arange(N), removed))
+        matrix = model_cka([model], [model.names], images[keep], targets[keep], batch_size=len(keep), passes=1).within(0)
+        return mean_off_diagonal(matrix, BLOCK.start, BLOCK.end)
+
+    # measured: 0.78 with every example, 0.78 without three random ones, 0.002 without the planted three
+    assert block_cka(np.array([], dtype=int)) > 0.7  # the planted block (noise layers are near 0)
+    assert block_cka(control) > 0.7
+    assert abs(block_cka(dominant)) < 0.05
+    assert removal_sets(found, [], seed=0)[0].size == 0  # no block, nothing to remove

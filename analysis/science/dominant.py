@@ -11,6 +11,9 @@ Here, from each layer's PC1 scores (pca.PC1.scores, centred activations projecte
 - a layer's dominant examples are its `k` largest shares;
 - two layers agree on their dominant examples as much as their top-k sets overlap (Jaccard);
 - a block's dominant examples are the `k` with the largest share averaged over its layers.
+The follow-up's causal test recomputes CKA without the blocks' dominant images (`removal_sets`; in
+the authors' published code that function removes nothing, since the image is kept before the
+`continue` that was meant to skip it), against the same number of random images removed.
 If a block is carried by a few images, its layers' top-k sets overlap far more than the same
 number of layers elsewhere, and those k images hold a large share of each block layer's PC1.
 """
@@ -26,7 +29,7 @@ from ..data import Images, take
 from ..store import contract as c
 from .blocks import Block, in_block_mask, mask_spans
 
-__all__ = ["Dominant", "DominantGroup", "find_dominant", "example_shares", "top_examples", "jaccard", "region_overlaps",
+__all__ = ["Dominant", "DominantGroup", "find_dominant", "removal_sets", "example_shares", "top_examples", "jaccard", "region_overlaps",
            "image_statistics", "dominant_metrics"]
 
 
@@ -134,6 +137,16 @@ def find_dominant(scores: np.ndarray, blocks: list[Block], images: Images, examp
     statistics = {"dominant": image_statistics(take(images, torch.from_numpy(np.flatnonzero(dominant)))),
                   "others": image_statistics(take(images, torch.from_numpy(np.flatnonzero(~dominant))))}
     return Dominant(k, np.asarray(example_ids), shares, top, jaccard(top), groups, statistics)
+
+
+def removal_sets(found: Dominant, blocks: list[Block], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The follow-up's causal test, as two sets of analysed examples to leave out: every block's
+    dominant examples (the union of its layers' top k), and as many drawn at random from the other
+    examples (the control). Indices into the analysed examples, sorted."""
+    dominant = np.unique(np.concatenate([found.top[b.start : b.end + 1].ravel() for b in blocks])) if blocks else np.array([], int)
+    others = np.setdiff1d(np.arange(found.shares.shape[1]), dominant)
+    rng = np.random.default_rng(seed)
+    return dominant, np.sort(rng.choice(others, size=min(len(dominant), len(others)), replace=False))
 
 
 def dominant_metrics(found: Dominant, blocks: list[Block]) -> dict[str, float]:

@@ -7,7 +7,9 @@ and the metrics that test each claim against its blocks (Nguyen, Raghu & Kornbli
 - Deleting a residual block inside the block costs little accuracy (deletion_drop_*).
 - The block differs between seeds while the rest agrees (cross_seed_similarity).
 - Beyond the paper (its follow-up, arXiv 2202.07184): a few dominant images carry the block's
-  PC1, the same ones in every layer of the block (dominant_overlap_*, dominant.py).
+  PC1, the same ones in every layer of the block (dominant_overlap_*, dominant.py); without them
+  the block dissolves, and without as many random images it does not
+  (block_mean_cka_without_dominant against block_mean_cka_without_random).
 A block means something only in a model that fits its training set (fit_to_training_set).
 """
 
@@ -47,6 +49,9 @@ class ModelReport:
     probe_accuracy: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # train set -> per probe layer
     deletion: dict[str, float] | None = None  # block -> accuracy with it deleted
     dominant: Dominant | None = None
+    cka_without_dominant: np.ndarray | None = None  # CKA over the analysed examples less the blocks' dominant ones
+    cka_without_random: np.ndarray | None = None  # ... less as many random ones (the control)
+    dominant_removed: int = 0
 
     @property
     def largest(self) -> Block | None:
@@ -85,6 +90,10 @@ def explanation_metrics(report: ModelReport) -> dict[str, float]:
         out[c.DELETION_DROP_OUTSIDE] = _mean(drops[~mask])
     if report.dominant is not None:
         out.update(dominant_metrics(report.dominant, found))
+    if report.cka_without_dominant is not None and largest:
+        out[c.BLOCK_MEAN_CKA_WITHOUT_DOMINANT] = mean_off_diagonal(report.cka_without_dominant, largest.start, largest.end)
+        out[c.BLOCK_MEAN_CKA_WITHOUT_RANDOM] = mean_off_diagonal(report.cka_without_random, largest.start, largest.end)
+        out[c.DOMINANT_REMOVED] = float(report.dominant_removed)
     return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
 
 

@@ -6,7 +6,9 @@ Order, and what shares a forward pass:
    Grams for CKA and, with pc, the PC1 projections for CKA without PC1 and of PC1 alone.
 3. probes: one pass over the probe training examples, one over the analysed test examples.
 4. deletion: one pass over the analysed test examples per deletable block.
-5. dominant: no pass of its own; it ranks the examples on the PC1 scores of step 1.
+5. dominant: it ranks the examples on the PC1 scores of step 1; a model with a block then gets
+   the causal test, two more CKA runs: without the blocks' dominant examples, and without as
+   many random ones.
 Every analysis is checked (science/sanity.py): the matrix as estimated (a violation fails the
 run), a shuffled baseline from the same batches, and, between models of one architecture,
 seed-to-seed identification; logged as metrics under sanity/.
@@ -36,14 +38,14 @@ import torch
 from mlflow import MlflowClient
 from tqdm.auto import tqdm
 
-from ..config import AnalysisOptions
+from ..config import MIN_HSIC_BATCH, AnalysisOptions
 from ..data import ImageData, take
 from ..device import resolve_device
 from ..nets import batch_statistics, layer_names, probe_layers
 from ..render import write_heatmap, write_history, write_matrix, write_model_report
 from ..science.blocks import find_blocks
 from ..science.deletion import deletion_accuracy
-from ..science.dominant import find_dominant
+from ..science.dominant import find_dominant, removal_sets
 from ..science.explain import ModelReport, base_metrics, explanation_metrics, fit_to_training_set, probe_training_indices
 from ..science.pca import estimate_pc1
 from ..science.probes import fit_probes, probe_accuracy
@@ -116,11 +118,11 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
         if options.bn_mode(snapshot) == "batch":
             for m in models:
                 modes.enter_context(batch_statistics(m.model))
-        return _analyze(models, data, options, progress)
+        return _analyze(models, data, options, progress, snapshot)
 
 
 def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOptions,
-             progress: bool | None) -> tuple[list[ModelReport], ModelCKA]:
+             progress: bool | None, snapshot: bool) -> tuple[list[ModelReport], ModelCKA]:
     examples = example_indices(len(data.test_x), options)
     images, targets = take(data.test_x, examples), data.test_y[examples]
     names = [layer_names(m.config, options.layers) for m in models]
@@ -148,6 +150,8 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
             report.pc1_share, report.pc1_residual = pcs[i].share, pcs[i].residual
         if "dominant" in options.analyses:
             report.dominant = find_dominant(pcs[i].scores, found, images, examples.numpy(), options.dominant_top)
+            if found and not snapshot:  # the causal test costs two more CKA runs: final models only
+                _without_dominant(report, m, images, targets, options, progress)
         if "probes" in options.analyses:
             report.probe_names = probe_layers(m.config)
             for train_set in (("subset", "full") if options.probe_train == "both" else (options.probe_train,)):
@@ -167,6 +171,23 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
         if others:
             report.metrics[c.SANITY_SEED_IDENTIFICATION] = float(np.mean([seed_identification(joint.cross(i, j)) for j in others]))
     return reports, joint
+
+
+def _without_dominant(report: ModelReport, m: LoadedModel, images: torch.Tensor, targets: torch.Tensor,
+                      options: AnalysisOptions, progress: bool | None) -> None:
+    """The follow-up's causal test: CKA again over the analysed examples less the blocks' dominant
+    ones, and less as many random ones, on the same batches' recipe (dominant.removal_sets)."""
+    dominant, control = removal_sets(report.dominant, report.blocks, options.seed)
+    matrices = []
+    for removed in (dominant, control):
+        keep = torch.from_numpy(np.setdiff1d(np.arange(len(targets)), removed))
+        if len(keep) < MIN_HSIC_BATCH:
+            return  # too few examples would be left: the test is skipped (no metric)
+        joint = model_cka([m.model], [report.names], take(images, keep), targets[keep], batch_size=options.batch_size,
+                          passes=options.passes, seed=options.seed, progress=progress, bf16=options.bf16)
+        matrices.append(joint.within(0))
+    report.cka_without_dominant, report.cka_without_random = matrices
+    report.dominant_removed = len(dominant)
 
 
 def analyze_history(m: LoadedModel, snapshots: Sequence[tuple[int, str]], data: ImageData, options: AnalysisOptions,

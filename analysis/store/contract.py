@@ -117,9 +117,15 @@ DELETION_DROP_OUTSIDE = "deletion_drop_outside"
 DOMINANT_OVERLAP_IN_BLOCK = "dominant_overlap_in_block"
 DOMINANT_OVERLAP_OUTSIDE = "dominant_overlap_outside"
 DOMINANT_SHARE_IN_BLOCK = "dominant_share_in_block"
+# The follow-up's causal test: the largest block's mean CKA recomputed without the blocks' dominant
+# images, and without as many random ones (the control); and how many were removed.
+BLOCK_MEAN_CKA_WITHOUT_DOMINANT = "block_mean_cka_without_dominant"
+BLOCK_MEAN_CKA_WITHOUT_RANDOM = "block_mean_cka_without_random"
+DOMINANT_REMOVED = "dominant_removed"
 EXPLANATION_METRICS = (
     PC1_SHARE_IN_BLOCK, PC1_SHARE_OUTSIDE, BLOCK_MEAN_CKA_WITHOUT_PC1, PROBE_GAIN_IN_BLOCK, DELETION_DROP_IN_BLOCK,
     DELETION_DROP_OUTSIDE, DOMINANT_OVERLAP_IN_BLOCK, DOMINANT_OVERLAP_OUTSIDE, DOMINANT_SHARE_IN_BLOCK,
+    BLOCK_MEAN_CKA_WITHOUT_DOMINANT, BLOCK_MEAN_CKA_WITHOUT_RANDOM, DOMINANT_REMOVED,
 )  # fmt: skip
 ANALYSIS_METRICS = (*BLOCK_METRICS, ANALYSIS_ACCURACY, *EXPLANATION_METRICS)
 # Sanity of every analysis (science/sanity.py): the matrix before it is made exactly symmetric, a
@@ -178,6 +184,9 @@ DOMINANT_OVERLAP = "overlap"  # .npy and .png
 DOMINANT_SHARES_FILE = "shares.npy"  # layers x examples
 DOMINANT_TOP_FILE = "top.csv"
 DOMINANT_STATISTICS_FILE = "statistics.csv"
+MATRIX_WITHOUT_DOMINANT = "cka_without_dominant"  # .npy and .csv, under DOMINANT_DIR
+MATRIX_WITHOUT_RANDOM = "cka_without_random"
+HEATMAP_WITHOUT_DOMINANT_FILE = "heatmap_without_dominant.png"  # the two side by side
 
 
 def dominant_grid_file(group_label: str) -> str:
@@ -186,7 +195,8 @@ def dominant_grid_file(group_label: str) -> str:
 
 
 MODEL_FIGURES = (HEATMAP_FILE, HEATMAP_WITHOUT_PC1_FILE, PC1_SHARE_FILE, PROBES_FILE, DELETION_FILE,
-                 f"{DOMINANT_DIR}/{DOMINANT_OVERLAP}.png")  # with every analysis chosen
+                 f"{DOMINANT_DIR}/{DOMINANT_OVERLAP}.png",
+                 f"{DOMINANT_DIR}/{HEATMAP_WITHOUT_DOMINANT_FILE}")  # with every analysis chosen (and a block)
 
 # --- artifacts: history (a model's training snapshots), other stages ---------------------------------
 HISTORY_DIR = "history"
