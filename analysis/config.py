@@ -296,6 +296,20 @@ class StudyPreset:
     contrast: tuple[tuple[int, float], tuple[int, float]]  # (depth, width) of group A and group B
     description: str
     workers: int = 1  # sweep processes training cells at once (several share one GPU well)
+    series: tuple[Grid, ...] = ()  # more grids swept after `grid` (a depth series beside a width series)
+    pack: int = 1  # seeds of a cell trained together (sweep -P pack); 0: auto
+
+    @property
+    def grids(self) -> tuple[Grid, ...]:
+        return (self.grid, *self.series)
+
+    def cells(self) -> list[dict]:
+        """Every cell of every grid, each once, in order."""
+        return list({tuple(cell.values()): cell for grid in self.grids for cell in grid.cells()}.values())
+
+    @property
+    def data_fractions(self) -> tuple[float, ...]:
+        return tuple(dict.fromkeys(f for grid in self.grids for f in grid.data_fractions))
 
     def base_config(self, dataset: str, data_dir: str, device: str) -> TrainConfig:
         return TrainConfig(depth=self.grid.depths[0], width=self.grid.widths[0], data_fraction=self.grid.data_fractions[0],
@@ -316,18 +330,28 @@ STUDY_PRESETS = {p.name: p for p in (
         AnalysisOptions(ANALYSES, num_examples=1000, batch_size=250, passes=2, pc_iterations=4, probe_examples=1000),
         contrast=((20, 1.0), (56, 1.0)),
         description="ResNet-56 (deep) against ResNet-20 (control), width 1, on 2% of CIFAR-10, two seeds each"),
-    # One GPU, on the 1/16 of CIFAR-10 (3,120 images) that benchmarks/prepare_gpu_check.sh copies
-    # out, with the paper's recipe: it trains on all the images it is given. Measured on an H200
-    # (docs/gpu-results.md): the sweep takes 4 min 15 s and the whole study about 6 min. The width-1
-    # runs are bound by kernel launches (0.5% of the bf16 peak) and overlap with the wide ones, so
-    # 4 workers share the GPU.
+    # Fifteen minutes of one GPU, on the 1/16 of CIFAR-10 (3,120 images) that
+    # benchmarks/prepare_gpu_check.sh copies out, with the paper's recipe (300 epochs, all of it): the
+    # paper's trend, not one contrast. A depth series (ResNet-20, 32, 56 at width 1) and a width
+    # series (ResNet-20 at widths 1, 2, 4), four seeds each, every cell's seeds trained as one pack.
+    # The estimate it was sized by (no GPU was lent while it was built): training FLOPs of the 20
+    # models (training.step_flops_per_image x 300 epochs x 3,120 images) are 0.9e15 (20w1), 1.6e15
+    # (32w1), 2.8e15 (56w1), 3.6e15 (20w2) and 1.5e16 (20w4). The width-1 packs are bound by kernel
+    # launches: at the H200's measured 14.6k (ResNet-20) and 6.1k (ResNet-56) steps' worth of images
+    # per second alone, a pack of four runs 4x the images per launch, about 65, 100 and 155 s; the
+    # wide cells are bound by arithmetic: at 5% and 14% of the bf16 peak (the measured utilisation of
+    # ResNet-20 w8 alone), about 75 and 105 s. About 500 s one after another, about 4 minutes with
+    # two workers, then about a minute of analysis. ResNet-110 and width 8 (5.7e15 and 6.3e16 FLOPs)
+    # do not fit. The GPU check caps it and says so if it does not finish.
     StudyPreset(
-        "gpu", Grid(depths=(26,), widths=(1.0, 8.0), seeds=(0, 1), data_fractions=(1.0,)),
+        "gpu", Grid(depths=(20, 32, 56), widths=(1.0,), seeds=(0, 1, 2, 3), data_fractions=(1.0,)),
         {"epochs": 300, "eval_every": 300},
         AnalysisOptions(ANALYSES, num_examples=2000, batch_size=250, passes=2, pc_iterations=4, probe_examples=3125),
-        contrast=((26, 1.0), (26, 8.0)), workers=4,
-        description="ResNet-26 at widths 1 and 8, the paper's recipe on the data given (the GPU check: 1/16 of "
-                    "CIFAR-10), two seeds each, on one GPU"),
+        contrast=((56, 1.0), (20, 4.0)), workers=2, pack=0,
+        series=(Grid(depths=(20,), widths=(1.0, 2.0, 4.0), seeds=(0, 1, 2, 3), data_fractions=(1.0,)),),
+        description="a depth series (ResNet-20, 32, 56 at width 1) and a width series (ResNet-20 at widths 1, 2, 4), "
+                    "four seeds each trained as packs, the paper's recipe on the data given (the GPU check: 1/16 of "
+                    "CIFAR-10), on one GPU"),
     StudyPreset(
         "paper", Grid(depths=(20, 56, 110), widths=(1.0, 2.0, 4.0, 8.0, 10.0), seeds=tuple(range(10)),
                       data_fractions=(1.0, 0.5, 0.25, 0.0625)),

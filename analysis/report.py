@@ -227,8 +227,9 @@ def render_html(data: ReportData) -> str:
                     if col in data.cross]
     intro = {  # before a section's table
         "setup": f"<p>Preset <b>{p.name}</b>: {html.escape(p.description)}.</p>"
-                 f"<p>Grid: depths {list(p.grid.depths)}, widths {list(p.grid.widths)}, seeds {list(p.grid.seeds)}, "
-                 f"data fractions {list(p.grid.data_fractions)}; training {html.escape(json.dumps(p.train))}; "
+                 "<p>" + "; ".join(f"Grid: depths {list(g.depths)}, widths {list(g.widths)}, seeds {list(g.seeds)}, "
+                                   f"data fractions {list(g.data_fractions)}" for g in p.grids)
+                 + f"; training {html.escape(json.dumps(p.train))}; "
                  f"analysis {html.escape(json.dumps(dataclasses.asdict(p.analysis)))}.</p>"
                  f"<p>Wall time this run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.timings.items()) + "</p>",
         "training": "<p>A block structure means something only for models that fit their training set (Nguyen et al., "

@@ -15,8 +15,9 @@
 #   b. the training loop against a bare step, images/s and model FLOP utilisation; packs of seeds
 #      (train -P seeds=...) against one model alone: the pack's images/s, each model's, the gain;
 #   c. the CKA engine against pytorch-cka on the same layers and batches;
-#   d. the `gpu` study preset: a narrow and a wide ResNet on 1/16 of CIFAR-10 with the paper's
-#      recipe, analysed with PC1; its per-model numbers.
+#   d. the `gpu` study preset: a depth series and a width series of ResNets, four seeds each
+#      trained as packs, on 1/16 of CIFAR-10 with the paper's recipe, analysed with PC1, dominant
+#      images and their causal test; per architecture, the mean and spread over seeds.
 # A lent GPU comes with minutes, not hours: every section has a time cap, and GPU_CHECK_BUDGET
 # (seconds, default: none) bounds the whole check. A section that fails or runs out of time says
 # so in the results and the next one still runs. GPU_CHECK_LOGS=DIR keeps each section's full log.
@@ -116,10 +117,16 @@ end() { printf '```\n'; }
     "$python" - "$work/report/comparison/models.csv" <<'EOF'
 import sys
 import pandas as pd
-cols = ["depth", "width", "seed", "train_accuracy", "test_accuracy", "block_count", "block_largest_frac", "block_mean_cka",
-        "block_mean_cka_without_pc1", "pc1_share_in_block", "pc1_share_outside"]
+# Per architecture, over its seeds: the mean and spread of what the paper's findings rest on.
+cols = ["train_accuracy", "test_accuracy", "block_largest_frac", "block_mean_cka", "block_mean_cka_without_pc1",
+        "block_mean_cka_without_dominant", "block_mean_cka_without_random", "pc1_share_in_block", "pc1_share_outside"]
 rows = pd.read_csv(sys.argv[1])
-print(rows[[c for c in cols if c in rows]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+cols = [c for c in cols if c in rows]
+rows["with_block"] = rows["block_count"].fillna(0) > 0
+grouped = rows.groupby(["depth", "width"])
+table = grouped[cols].agg(lambda v: f"{v.mean():.3f} ± {v.std(ddof=0):.3f}" if v.notna().any() else "-")
+table.insert(0, "blocks", grouped["with_block"].sum().astype(int).astype(str) + "/" + grouped.size().astype(str))
+print(table.T.to_string())
 EOF
   fi
   end

@@ -82,3 +82,23 @@ def test_unknown_preset_is_named(entry_run, capsys):
     assert run_main(lambda: study_entry.main(study_entry.parse_args(["--preset", "huge"]))) == 2
     assert "preset='huge'" in capsys.readouterr().err
     assert mlflow.get_run(entry_run).info.status == "FAILED"
+
+
+def test_every_study_preset_is_a_set_of_valid_trainings_and_the_gpu_preset_shows_a_trend():
+    from analysis.config import STUDY_PRESETS
+    from analysis.training.settings import check_grid
+
+    for p in STUDY_PRESETS.values():
+        base = p.base_config("cifar10", "", "cpu")
+        for grid in p.grids:
+            check_grid(grid, base)
+        cells = {(cell["depth"], cell["width"]) for cell in p.cells()}
+        assert set(p.contrast) <= cells, p.name
+        assert len(p.cells()) == len({tuple(cell.values()) for cell in p.cells()})  # a cell shared by two series once
+    gpu = STUDY_PRESETS["gpu"]
+    assert gpu.pack == 0 and gpu.train["epochs"] == 300 and all(len(g.seeds) >= 4 for g in gpu.grids)
+    assert len({d for d, w in cells_of(gpu) if w == 1.0}) >= 3 and len({w for d, w in cells_of(gpu) if d == 20}) >= 3
+
+
+def cells_of(preset) -> set[tuple[int, float]]:
+    return {(cell["depth"], cell["width"]) for cell in preset.cells()}

@@ -25,6 +25,7 @@ from ..report import StudyResults, write_report
 from ..store import contract as c
 from ..store.studies import redact
 from ..store.tracking import stage_run
+from ..training import auto_pack_size
 from .analyze import analyze_stage
 from .compare import compare_stage
 from .predictions import predictions_stage
@@ -49,10 +50,14 @@ def study_stage(p: StudyPreset, dataset: str, data_dir: str, device: str, storag
         timings: dict[str, float] = {}
         started = time.perf_counter()
         base = p.base_config(dataset, data_dir, device)
-        log(f"[1/5] sweep: {p.grid.size} cells")
-        sweep_stage("grid", p.grid, base, storage_url, f"study-{p.name}-{default_study_name(p.grid, base)}", p.workers)
+        cells = p.cells()
+        log(f"[1/5] sweep: {len(cells)} cells" + (f" in {len(p.grids)} series" if p.series else ""))
+        for grid in p.grids:
+            pack = p.pack or auto_pack_size(grid, base, p.workers)
+            sweep_stage("grid", grid, base, storage_url, f"study-{p.name}-{default_study_name(grid, base, pack)}", p.workers,
+                        pack=pack)
         versions = {}
-        for cell in p.grid.cells():
+        for cell in cells:
             v = registered_version(dataclasses.replace(base, **cell), run.info.experiment_id)
             if v is None:
                 raise RuntimeError(f"cell {cell} was not trained; rerun the study")
@@ -62,7 +67,7 @@ def study_stage(p: StudyPreset, dataset: str, data_dir: str, device: str, storag
         started = time.perf_counter()
         key = analysis_key(p)
         client = MlflowClient()
-        for fraction in p.grid.data_fractions:
+        for fraction in p.data_fractions:
             group = [v for (_, _, _, f), v in versions.items() if f == fraction]
             if all(client.get_model_version(v.name, v.version).tags.get(c.STUDY_ANALYSED) == key for v in group):
                 log(f"[2/5] analysis of data fraction {fraction:g}: done earlier, skipped")
@@ -82,7 +87,7 @@ def study_stage(p: StudyPreset, dataset: str, data_dir: str, device: str, storag
         started = time.perf_counter()
         log("[4/5] predictions")
         (da, wa), (db, wb) = p.contrast
-        fraction = min(p.grid.data_fractions)
+        fraction = min(p.data_fractions)
 
         def seeds_of(depth: int, width: float) -> str:
             return ",".join(c.model_uri(v.name, v.version) for (d, w, _, f), v in versions.items()
