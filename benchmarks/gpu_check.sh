@@ -64,12 +64,14 @@ capped() {
 }
 if $dry; then
   device=cpu preset=smoke out=${GPU_CHECK_OUT:-$work/gpu-results.md}
+  tests_cap=400  # the entry-point test trains every stage's models on two CPU cores
   precision_args="--depth 8 --width 0.5 --examples 100 --batch-size 50"
   train_args="--models 8x0.5 --examples 256 --test-examples 100 --repeats 1"
   pack_args=("--models 8x0.5 --pack 1,3 --examples 256 --test-examples 100 --repeats 1")
   cka_args="--depth 8 --width 0.5 --batches 1 --batch-size 64 --repeats 1 --threads 2"
 else
   device=cuda preset=gpu out=${GPU_CHECK_OUT:-docs/gpu-results.md}
+  tests_cap=150
   precision_args="--depth 56 --examples 1024"
   train_args="--models 20x1,56x1,20x8 --examples 25600 --test-examples 10000 --repeats 3"
   # the pack issue's targets: ResNet-20 w1 x10 >= 8x one alone, ResNet-56 w1 x10 >= 5x, ResNet-20 w8 x2
@@ -88,7 +90,7 @@ end() { printf '```\n'; }
   echo "Produced by \`bash benchmarks/gpu_check.sh$($dry && echo ' --dry-run')\`."
 
   section "a. cuda tests on $device, and the precision of each engine"
-  capped 150 cuda-tests env WIDEDEEP_TEST_DEVICE=$device "$python" -m pytest -q -m cuda -p no:cacheprovider -W ignore \
+  capped $tests_cap cuda-tests env WIDEDEEP_TEST_DEVICE=$device "$python" -m pytest -q -m cuda -p no:cacheprovider -W ignore \
     --tb=short tests/test_gpu.py && tail -n 3 "$logs/cuda-tests.log" || tail -n 40 "$logs/cuda-tests.log"
   capped 60 precision "$python" benchmarks/precision.py --device "$device" $precision_args || true
   cat "$logs/precision.log"
