@@ -256,7 +256,10 @@ def train_pack(
             logits = forward(x)
         # (B, K, classes), in float32 at least: bf16 under autocast on CUDA is too coarse for the loss
         logits = pack.per_model(logits.to(torch.promote_types(logits.dtype, torch.float32)))
-        losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)
+        if pack.size == 1:  # a lone training's loss exactly as before packs, so its weights stay bit-for-bit the same
+            losses = F.cross_entropy(logits[:, 0], y[:, 0]).unsqueeze(0)
+        else:
+            losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)
         total = losses.sum()  # no model's gradient depends on another's loss
         shares = torch.zeros_like(losses)
         if penalised:
