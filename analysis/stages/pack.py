@@ -18,6 +18,7 @@ import hashlib
 import sys
 import time
 import uuid
+from typing import Callable
 
 import mlflow
 from mlflow import MlflowClient
@@ -43,7 +44,8 @@ def pack_label(configs: list[TrainConfig]) -> str:
 
 
 def train_pack_stage(configs: list[TrainConfig], params: dict | None = None, parent_run_id: str | None = None,
-                     tags: dict[str, str] | None = None, on_run=None, progress: bool | None = None,
+                     tags: dict[str, str] | None = None, on_run: Callable[[str], None] | None = None,
+                     progress: bool | None = None,
                      from_preset: tuple[str, ...] = ()) -> list[TrainOutcome]:
     """Train and register the seeds of one cell as a pack, in a pack run (the entry point's, or a
     child of the active run or of `parent_run_id`); a pack of one is `train_stage`. Returns each
