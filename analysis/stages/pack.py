@@ -24,7 +24,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from ..config import TrainConfig, short_number
+from ..config import TrainConfig
 from ..store import contract as c
 from ..store.datasets import log_training_data
 from ..store.tracking import first_line, log_params_once, mark_dead_run, stage_run, start_run
@@ -33,14 +33,7 @@ from ..training import check_pack, checkpoints, settings, train_pack
 from .train import (TrainOutcome, cell_label, fingerprint_in_this_store, logged_training_data, register_trained,
                     train_stage)
 
-__all__ = ["pack_label", "train_pack_stage"]
-
-
-def pack_label(configs: list[TrainConfig]) -> str:
-    """'d56-w2-s0,1,2-f0.25': the cell of a pack and its seeds, for run names."""
-    base = configs[0]
-    seeds = ",".join(str(config.seed) for config in configs)
-    return f"d{base.depth}-w{short_number(base.width)}-s{seeds}-f{short_number(base.data_fraction)}"
+__all__ = ["train_pack_stage"]
 
 
 def train_pack_stage(configs: list[TrainConfig], params: dict | None = None, parent_run_id: str | None = None,
@@ -57,11 +50,12 @@ def train_pack_stage(configs: list[TrainConfig], params: dict | None = None, par
     for config in configs:
         settings.check(config)
     given = {k: v for k, v in (params or {}).items() if k not in ("seed", c.PACK_SEEDS)}
-    with stage_run("pack", f"pack-{pack_label(configs)}", parent_run_id=parent_run_id) as run:
+    seeds = ",".join(str(config.seed) for config in configs)
+    with stage_run("pack", f"pack-{cell_label(configs[0], seeds)}", parent_run_id=parent_run_id) as run:
         if on_run:
             on_run(run.info.run_id)
         shared = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
-        log_params_once({**shared, **given, c.PACK_SEEDS: ",".join(str(config.seed) for config in configs)})
+        log_params_once({**shared, **given, c.PACK_SEEDS: seeds})
         log_params_once({f"{k}_resolved": getattr(configs[0], k) for k in from_preset})
         if tags:
             mlflow.set_tags(tags)

@@ -15,7 +15,7 @@ re-run resumes from the dead run's last epoch checkpoint when it shares the cach
 Packs (`pack` > 1): the seeds of each (depth, width, data fraction) are drawn in groups of `pack`
 (the grid's `seed` becomes `seeds`, e.g. "0,1,2,3"), and each group trains as one pack
 (stages/pack.py), its models recorded and registered as lone trainings; seeds already registered
-are left out of the pack. `auto` picks the size (training.pack.auto_pack_size).
+are left out of the pack. `auto` picks the size (training.sizing.auto_pack_size).
 
 Search. TPE over lr and weight decay for one architecture, each trial scored on a validation
 split carved from the training subset (never the test set), with median pruning per epoch.

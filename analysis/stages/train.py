@@ -76,9 +76,10 @@ class TrainOutcome:
         return c.model_uri(self.version.name, self.version.version)
 
 
-def cell_label(config: TrainConfig) -> str:
-    """'d56-w2-s3-f0.25': the grid cell of a training, for run names."""
-    return f"d{config.depth}-w{short_number(config.width)}-s{config.seed}-f{short_number(config.data_fraction)}"
+def cell_label(config: TrainConfig, seeds: str = "") -> str:
+    """'d56-w2-s3-f0.25': the grid cell of a training, for run names; `seeds` ('0,1,2') in place of
+    the config's own seed labels a pack."""
+    return f"d{config.depth}-w{short_number(config.width)}-s{seeds or config.seed}-f{short_number(config.data_fraction)}"
 
 
 EXAMPLE_IMAGES = 2  # test images stored with each model as its input example
