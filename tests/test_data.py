@@ -111,11 +111,65 @@ def test_a_class_missing_from_one_split_is_refused(tiny_data, tmp_path, monkeypa
 def test_wrong_classes_for_cifar10_are_refused(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
     for split in ("train", "test"):
-        (tmp_path / "bad" / split / "only_class").mkdir(parents=True)
-        src = next((tiny_data / split / "cat").iterdir())
-        (tmp_path / "bad" / split / "only_class" / src.name).write_bytes(src.read_bytes())
+        for name in ("apples", "pears"):
+            (tmp_path / "bad" / split / name).mkdir(parents=True)
+            src = next((tiny_data / split / "cat").iterdir())
+            (tmp_path / "bad" / split / name / src.name).write_bytes(src.read_bytes())
     with pytest.raises(ValueError, match="not CIFAR-10's"):
         load_dataset("cifar10", tmp_path / "bad")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_folder_of_one_class_is_refused_before_any_image_is_read(tiny_data, tmp_path, monkeypatch, stream):
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        (tmp_path / "one" / split / "cat").mkdir(parents=True)
+        (tmp_path / "one" / split / "cat" / "0000.jpg").write_text("never decoded")  # unreadable: the refusal comes first
+    with pytest.raises(ValueError) as err:
+        load_dataset("imagefolder", tmp_path / "one", stream=stream)
+    assert "has 1 class folder (cat)" in str(err.value) and "two or more" in str(err.value)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tiny_data, tmp_path, monkeypatch, stream):
+    from PIL import Image
+
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 48 * 48)  # a 6 MB JPEG of 20,000 x 20,000 pixels, scaled down
+    root = copy_of(tiny_data, tmp_path / "data")
+    big = root / "test" / "dog" / "0001.jpg"
+    Image.new("RGB", (64, 64)).save(big)
+    Image.new("RGB", (200, 200)).save(root / "test" / "dog" / "0002.jpg")  # over twice the limit: PIL's own refusal
+    decoded = []
+    real = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda a: decoded.append(a.shape) or real(a))
+    with pytest.raises(ValueError) as err:
+        data = load_dataset("imagefolder", root, image_size=32, stream=stream)
+        data.test_x[torch.arange(len(data.test_y))]
+    message = str(err.value)
+    assert "\n" not in message and repr(str(big)) in message and "64 x 64 pixels, more than the limit of 2,304" in message
+    assert "WIDEDEEP_MAX_IMAGE_PIXELS" in message
+    assert (64, 64, 3) not in decoded and (200, 200, 3) not in decoded  # refused before decoding
+
+
+def test_a_replaced_image_of_the_same_size_is_decoded_anew(tiny_data, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(tmp_path / "cache"))
+    root = copy_of(tiny_data, tmp_path / "data")
+    first = load_dataset("cifar10", root)
+    victim = root / "test" / "cat" / "0000.jpg"
+    flipped = tmp_path / "flipped.jpg"
+    from PIL import Image
+
+    with Image.open(victim) as im:
+        im.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(flipped, quality=95)
+    victim.write_bytes(flipped.read_bytes())
+    stat = victim.stat()
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = load_dataset("cifar10", root)
+    changed = (first.test_x != second.test_x).flatten(1).any(1)
+    assert changed.sum() == 1
 
 
 def test_subset_is_deterministic_stratified_and_seeded():

@@ -82,6 +82,25 @@ def test_config_that_does_not_match_weights_is_refused(model_dir):
         model_files.read_model_files(model_dir, "models:/x/1")
 
 
+@pytest.mark.parametrize("field,value,fragment", [
+    ("width", 9999, "stem.conv.weight: the config needs (159984, 3, 3, 3)"),  # 921 GB of weights if it were built
+    ("num_classes", 10**9, "logits.weight: the config needs (1000000000, 16)"),
+    ("depth", 6000002, "has 3000000 residual blocks, but model.safetensors holds only 56 tensors"),
+])
+def test_a_tampered_config_is_refused_from_the_weights_header_before_anything_is_allocated(model_dir, field, value, fragment):
+    import time
+
+    meta = json.loads((model_dir / contract.MODEL_CONFIG_FILE).read_text())
+    meta["model"][field] = value
+    (model_dir / contract.MODEL_CONFIG_FILE).write_text(json.dumps(meta))
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as err:
+        model_files.read_model_files(model_dir, "models:/x/1")
+    assert time.perf_counter() - start < 5  # the depth case built for a minute before
+    message = str(err.value)
+    assert fragment in message and "\n" not in message and "re-register the model" in message
+
+
 def test_nan_weights_are_refused(model_dir):
     state = build_model(ModelConfig(8, 0.25)).state_dict()
     state["logits.weight"][0, 0] = float("nan")

@@ -1,5 +1,6 @@
 """The predictions stage end to end: files, metrics, and test logits cached on the versions."""
 
+import pytest
 from mlflow import MlflowClient
 
 from analysis.store import contract as c
@@ -21,7 +22,7 @@ def test_predictions_entry_point_end_to_end_with_cached_logits(store):
     assert {"predictions/per_class.csv", "predictions/per_example.png", "predictions/per_class.png", "predictions/agreement.png"} <= files
     assert len(client.list_artifacts(first[0].info.run_id, c.LOGITS_DIR)) == 4
     assert {"cross_vs_within_disagreement", "n_significant_classes", "disagreement_p_value"} <= set(first[0].data.metrics)
-    tag = client.get_model_version("cifar10-resnet8-w0.5", "1").tags[c.TEST_LOGITS]
+    tag = client.get_model_version("cifar10-resnet8-w0.5", "1").tags[c.test_logits_tag(first[0].data.tags[c.TEST_DIGEST])]
     assert tag.startswith(f"runs:/{first[0].info.run_id}/logits/")
 
     # A second comparison reuses every model's logits: it logs none of its own.
@@ -45,8 +46,9 @@ def test_predictions_read_the_images_at_the_size_the_models_were_trained_at(stor
     uris = [f"models:/{v.name}/{v.version}" for v in versions]
     argv = ["--group_a", ",".join(uris[:2]), "--group_b", ",".join(uris[2:]), "--device", "cpu", "--permutations", "99"]
     assert run_main(lambda: pred_entry.main(pred_entry.parse_args(argv))) == 0
+    [run] = runs_of("predictions")
     cached = np.load(mlflow.artifacts.download_artifacts(
-        artifact_uri=MlflowClient().get_model_version(a.name, a.version).tags[c.TEST_LOGITS]))
+        artifact_uri=MlflowClient().get_model_version(a.name, a.version).tags[c.test_logits_tag(run.data.tags[c.TEST_DIGEST])]))
     at_40 = load_dataset("cifar10", tiny_data, image_size=40).test_x
     assert at_40.shape[2:] == (40, 40)
     np.testing.assert_allclose(cached, predict_logits(registry.load_model(uris[0]).model, at_40).numpy(), atol=1e-5)
@@ -56,3 +58,38 @@ def test_predictions_read_the_images_at_the_size_the_models_were_trained_at(stor
     argv = ["--group_a", ",".join(uris[:2]), "--group_b", ",".join(f"models:/{v.name}/{v.version}" for v in other), "--device", "cpu"]
     assert run_main(lambda: pred_entry.main(pred_entry.parse_args(argv))) == 2
     assert "trained on different datasets, image sizes or pipelines" in capsys.readouterr().err
+
+
+def test_another_test_folder_of_the_same_size_and_classes_is_scored_with_its_own_logits(store, tiny_data, tmp_path):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from analysis import registry
+    from analysis.data import load_dataset
+    from analysis.nets import predict_logits
+
+    versions = [register_model(8, width, seed) for width in (0.25, 0.5) for seed in (0, 1)]
+    uris = [f"models:/{v.name}/{v.version}" for v in versions]
+    argv = ["--group_a", ",".join(uris[:2]), "--group_b", ",".join(uris[2:]), "--device", "cpu", "--permutations", "99"]
+    assert run_main(lambda: pred_entry.main(pred_entry.parse_args(argv))) == 0
+
+    # The same file names, classes and count; other pixels (every test image upside down).
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other)
+    for path in (other / "test").rglob("*.jpg"):
+        with Image.open(path) as im:
+            flipped = im.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        flipped.save(path)
+    assert run_main(lambda: pred_entry.main(pred_entry.parse_args([*argv, "--data_dir", str(other)]))) == 0
+
+    first, second = sorted(runs_of("predictions"), key=lambda r: r.info.start_time)
+    assert first.data.tags[c.TEST_DIGEST] != second.data.tags[c.TEST_DIGEST]
+    assert len(MlflowClient().list_artifacts(second.info.run_id, c.LOGITS_DIR)) == 4  # recomputed, not reused
+    test = load_dataset("cifar10", str(other))
+    expected = np.mean([(predict_logits(registry.load_model(u).model, test.test_x).argmax(1) == test.test_y).float().mean().item()
+                        for u in uris[:2]])
+    assert second.data.metrics["accuracy_a_mean"] == pytest.approx(expected, abs=1e-6)
+    tags = MlflowClient().get_model_version(versions[0].name, versions[0].version).tags
+    assert {c.test_logits_tag(r.data.tags[c.TEST_DIGEST]) for r in (first, second)} <= set(tags)  # both caches kept

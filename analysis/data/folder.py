@@ -7,6 +7,10 @@ would not fit in memory; the CIFAR family keeps its decoded, on-device tensors (
   grayscale, CMYK and palette images, and sniffs the format from the bytes, so a PNG named .jpg
   reads as the PNG it is. What torchvision cannot decode (BMP, say) goes through PIL. A file
   neither can read stops the work with one line naming it (UnreadableImage).
+- Pixel limit: every image's size is read from its header first, and one over PIL's
+  `Image.MAX_IMAGE_PIXELS` (89,478,485 by default; set $WIDEDEEP_MAX_IMAGE_PIXELS to change it)
+  is refused the same way before anything is decoded, on both decode paths: a 6 MB JPEG of
+  20,000 x 20,000 pixels would otherwise decode to 1.2 GB in each of the decoding threads.
 - Evaluation view: the standard ImageNet protocol, the shorter side resized to size x 256/224
   (antialiased) and the centre size x size crop.
 - Training view: RandomResizedCrop(size, scale 0.08 to 1, ratio 3/4 to 4/3) and a horizontal
@@ -32,11 +36,12 @@ from typing import Sequence
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import RandomResizedCrop
 
-__all__ = ["FolderImages", "TrainingCrops", "UnreadableImage", "read_image", "evaluation_view", "training_view",
-           "take", "DEFAULT_SIZE"]
+__all__ = ["FolderImages", "TrainingCrops", "UnreadableImage", "read_image", "check_pixels", "oversize", "evaluation_view", "training_view",
+           "take", "DEFAULT_SIZE", "MAX_PIXELS_ENV"]
 
 DEFAULT_SIZE = 224  # the crop side of the ImageNet recipe (image_size=0)
 EVAL_RESIZE = 256 / 224  # the shorter side is resized to this x the crop side before the centre crop
@@ -46,18 +51,49 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 
+MAX_PIXELS_ENV = "WIDEDEEP_MAX_IMAGE_PIXELS"
+if os.environ.get(MAX_PIXELS_ENV):
+    Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_ENV])
+
+
 class UnreadableImage(ValueError):
-    """A file of the data folder that no decoder can read; the message names it."""
+    """A file of the data folder that no decoder can read, or one too large to decode; the message names it."""
+
+
+def oversize(path: str | os.PathLike) -> str | None:
+    """Why the image at `path` is too large to decode (more than PIL's `Image.MAX_IMAGE_PIXELS`),
+    read from its header alone; None when it is not."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if not limit:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header, decodes nothing
+                width, height = im.size
+    except Image.DecompressionBombError:
+        return f"more than twice the limit of {limit:,} pixels ({MAX_PIXELS_ENV})"
+    except (OSError, ValueError):
+        return None  # a format PIL does not identify: the decoder decides whether it can be read
+    if width * height <= limit:
+        return None
+    return f"{width} x {height} pixels, more than the limit of {limit:,} ({MAX_PIXELS_ENV})"
+
+
+def check_pixels(path: str | os.PathLike) -> None:
+    """Refuse an image too large to decode (`oversize`), naming it and the fix."""
+    reason = oversize(path)
+    if reason:
+        raise UnreadableImage(f"image {str(path)!r} is {reason}; shrink or remove it, or raise the limit with {MAX_PIXELS_ENV}=N")
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """The image at `path` as uint8 RGB (3, H, W)."""
+    """The image at `path` as uint8 RGB (3, H, W), refused by check_pixels when too large."""
+    check_pixels(path)
     try:
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except RuntimeError:
         pass  # a format torchvision does not decode, or a damaged file: PIL decides which
-    from PIL import Image
-
     try:
         with Image.open(path) as im:  # convert() reads the whole file: truncation shows here
             return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .folder import DEFAULT_SIZE, FolderImages
+from .folder import DEFAULT_SIZE, FolderImages, oversize
 from .tensors import ImageData
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "imagenet")
@@ -124,6 +124,9 @@ def _list_image_folder(name: str, root: Path, streamed: bool = False) -> tuple[d
     missing = sorted(set(classes) - {c for c, _ in splits["test"]})
     if missing:
         raise ValueError(f"{_split_dir(root, 'test')} lacks class folder(s) {missing} that train/ has; both splits need the same classes")
+    if len(classes) < 2:
+        raise ValueError(f"{root / 'train'} has {len(classes)} class folder ({', '.join(classes)}); a classifier needs two or more, "
+                         "one folder of images per class under train/ and test/")
     if name == "cifar10" and classes != CIFAR10_CLASSES:
         raise ValueError(f"data_dir={str(root)!r} has classes {classes}, not CIFAR-10's {CIFAR10_CLASSES}")
     if name == "cifar100" and len(classes) != 100:
@@ -138,7 +141,8 @@ def _load_image_folder(name: str, root: Path) -> ImageData:
     splits, classes = _list_image_folder(name, root)
 
     skip = os.environ.get(SKIP_BAD_IMAGES_ENV, "") not in ("", "0", "false")
-    listing = json.dumps({s: [(c, str(p.relative_to(root)), p.stat().st_size) for c, p in f] for s, f in splits.items()})
+    listing = json.dumps({s: [(c, str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for c, p in f]
+                          for s, f in splits.items()})  # a replaced file decodes anew
     key = hashlib.sha256(f"{name}|{root.resolve()}|{listing}|skip={skip}".encode()).hexdigest()[:16]
 
     def decode() -> dict:
@@ -182,6 +186,10 @@ def _decode_files(files: list[tuple[str, Path]]) -> tuple[list[torch.Tensor], li
 
     images, names, failures = [], [], []
     for class_name, path in files:
+        too_large = oversize(path)
+        if too_large:
+            failures.append((path, too_large))
+            continue
         try:
             with Image.open(path) as im:  # convert() reads the whole file: truncation shows here
                 images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,23 @@ class ImageData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def test_digest(self) -> str:
+        """A fingerprint of the test split as models see it: every pixel and label of in-memory
+        images, or the file list (path, size, mtime) and crop size of streamed ones, with the class
+        names. Whatever is computed from the test set (cached logits) is keyed by it, so another
+        folder, a changed file or another image size is never mistaken for this one."""
+        h = hashlib.sha256(json.dumps([self.name, list(self.classes)]).encode())
+        if isinstance(self.test_x, FolderImages):
+            h.update(str(self.test_x.size).encode())
+            for path in self.test_x.files:
+                stat = path.stat()
+                h.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        else:
+            h.update(str(tuple(self.test_x.shape)).encode())
+            h.update(self.test_x.detach().cpu().contiguous().numpy().tobytes())
+        h.update(self.test_y.detach().cpu().to(torch.int64).numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def to(self, device: torch.device | str) -> "ImageData":
         return dataclasses.replace(

@@ -2,8 +2,9 @@
 deep architecture) make different errors, beyond the variation between seeds of one architecture?
 
 Each version's test-set logits are computed once, logged under this run's `logits/` and recorded
-on the version (tag contract.TEST_LOGITS, a runs:/ URI that resolves); later comparisons
-download them instead of running the model again.
+on the version (tag contract.test_logits_tag(digest), a runs:/ URI that resolves), keyed by the
+test set's digest (every pixel and label, or the streamed file list); later comparisons on the
+same test set download them instead of running the model again, and another folder recomputes.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutati
             raise ValueError(f"groups share models {sorted(set(a) & set(b))}; the groups must be disjoint")
         trained = trained_data([resolve_version(u).tags for u in [*a, *b]])
         data = trained.load(data_dir)
+        digest = data.test_digest()
+        mlflow.set_tag(c.TEST_DIGEST, digest)
         with tempfile.TemporaryDirectory() as tmp:
-            logits = [_cached_logits(u, resolve_device(device), data, run.info.run_id, Path(tmp) / c.LOGITS_DIR)
+            logits = [_cached_logits(u, resolve_device(device), data, digest, run.info.run_id, Path(tmp) / c.LOGITS_DIR)
                       for u in [*a, *b]]
             preds = np.stack([x.argmax(1) for x in logits])
             result = compare_groups(preds[: len(a)], preds[len(a):], data.test_y.numpy(), data.num_classes, alpha, permutations)
@@ -76,11 +79,12 @@ def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutati
     return PredictionsOutcome(run.info.run_id, a, b, metrics)
 
 
-def _cached_logits(uri: str, device: torch.device, data: ImageData, run_id: str, out: Path) -> np.ndarray:
-    """The version's test logits: reused from the artifact its tag points at, else computed,
-    written under `out` (logged as this run's logits/) and recorded on the version."""
+def _cached_logits(uri: str, device: torch.device, data: ImageData, digest: str, run_id: str, out: Path) -> np.ndarray:
+    """The version's logits on the test set of `digest`: reused from the artifact its tag points
+    at, else computed, written under `out` (logged as this run's logits/) and recorded on the version."""
     version = resolve_version(uri)
-    artifact = version.tags.get(c.TEST_LOGITS)
+    tag = c.test_logits_tag(digest)
+    artifact = version.tags.get(tag)
     if artifact:
         try:
             logits = np.load(mlflow.artifacts.download_artifacts(artifact_uri=artifact))
@@ -92,5 +96,5 @@ def _cached_logits(uri: str, device: torch.device, data: ImageData, run_id: str,
     logits = predict_logits(loaded.model, data.test_x).cpu().numpy()
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / f"{loaded.label}.npy", logits)
-    MlflowClient().set_model_version_tag(version.name, version.version, c.TEST_LOGITS, c.logits_artifact(run_id, loaded.label))
+    MlflowClient().set_model_version_tag(version.name, version.version, tag, c.logits_artifact(run_id, loaded.label))
     return logits

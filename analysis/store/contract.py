@@ -18,7 +18,7 @@ a failed run carries ERROR, the one-line message the user saw.
 - compare runs: COMPARISON_DIR; predictions runs: GROUP_A, GROUP_B, LOGITS_DIR, PREDICTIONS_DIR;
 - sweep runs: SWEEP_* tags; study runs: STUDY_PRESET and the report under REPORT_DIR.
 Model versions: the config tags VERSION_CONFIG, VERSION_ACCURACY, provenance, the analysis
-metrics with ANALYSIS_RUN_ID, TEST_LOGITS (a runs:/ URI of cached logits) and STUDY_ANALYSED.
+metrics with ANALYSIS_RUN_ID, TEST_LOGITS.<test set digest> (a runs:/ URI of cached logits) and STUDY_ANALYSED.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ ANALYSIS_MODELS = "analysis.models"
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own tag on a nested run
 GROUP_A = "group_a"
 GROUP_B = "group_b"
+TEST_DIGEST = "test_digest"  # a predictions run: the digest of the test set it scored (ImageData.test_digest)
 SWEEP_STUDY = "sweep.study"
 SWEEP_STORAGE = "sweep.storage"
 SWEEP_MODE = "sweep.mode"
@@ -68,7 +69,7 @@ TRAIN_SIZE = "train_size"
 SUBSET_HASH = "subset_hash"
 SKIPPED_IMAGES = "skipped_images"  # param: unreadable images left out of the data (WIDEDEEP_SKIP_BAD_IMAGES)
 ANALYSIS_RUN_ID = "analysis_run_id"
-TEST_LOGITS = "test_logits"
+TEST_LOGITS = "test_logits"  # + "." + the test set's digest (ImageData.test_digest): one cache per dataset
 STUDY_ANALYSED = "study_analysis"  # the analysis settings' hash a study last analysed the version with
 NEWEST_ALIAS = "newest"
 
@@ -248,6 +249,11 @@ def model_uri(name: str, version: str | int) -> str:
 def cross_dir(label_a: str, label_b: str) -> str:
     """Where the group's run keeps the cross-model CKA of two models (A on the y axis)."""
     return f"{CROSS_DIR}/{label_a}__vs__{label_b}"
+
+
+def test_logits_tag(test_digest: str) -> str:
+    """The version tag that points at its cached logits on the test set of this digest."""
+    return f"{TEST_LOGITS}.{test_digest}"
 
 
 def logits_artifact(run_id: str, label: str) -> str:

@@ -32,7 +32,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from torch import nn
@@ -203,23 +203,51 @@ def read_model_files(directory: Path, what: str) -> tuple[ModelConfig, dict, nn.
     return config, meta.get("training", {}), build_with_weights(config, directory / MODEL_WEIGHTS_FILE, what)
 
 
+MAX_TENSORS_PER_BLOCK = 2  # every residual block holds at least two convolutions' weights
+
+
 def build_with_weights(config: ModelConfig, weights: Path, what: str) -> nn.Module:
     """The network of `config` with the safetensors state dict at `weights`, checked: errors name
-    `what` and the problem (a missing or corrupt file, NaN weights, a config mismatch)."""
-    try:
-        state = load_file(str(weights))
-    except (OSError, SafetensorError) as err:
-        raise ValueError(f"{what}: {weights.name} is missing or corrupt ({err}); re-register the model with `train`") from None
+    `what` and the problem (a missing or corrupt file, NaN weights, a config mismatch). The config
+    is checked against the file's header (every tensor's name, shape and dtype) on a network built
+    on the meta device before anything is allocated, so a tampered config.json (width 9999,
+    num_classes 1e9, depth 6,000,002) is refused in a line instead of asking for gigabytes: what
+    is allocated is bounded by the weights file's own size."""
+    header = _weights_header(weights, what)
+    blocks = sum(config.stage_blocks)
+    if blocks * MAX_TENSORS_PER_BLOCK > len(header):  # refused before even the meta network is built
+        raise ValueError(f"{what}: the config {config} has {blocks} residual blocks, but {weights.name} holds only "
+                         f"{len(header)} tensors; the config or the weights were altered: re-register the model with `train`")
+    with torch.device("meta"):
+        skeleton = build_model(config)
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in skeleton.state_dict().items()}
+    differ = sorted(set(expected) ^ set(header)) or [k for k in expected if expected[k] != header[k]]
+    if differ:
+        k = differ[0]
+        found = f"{header[k][0]} {header[k][1]}" if k in header else "absent"
+        wanted = f"{expected[k][0]} {expected[k][1]}" if k in expected else "absent"
+        raise ValueError(f"{what}: weights do not match the config {config} ({k}: the config needs {wanted}, "
+                         f"{weights.name} holds {found}; {len(differ)} tensor(s) differ); re-register the model with `train`")
+    state = load_file(str(weights))
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{what}: weights hold NaN or infinite values in {', '.join(bad[:3])}; the model cannot be analysed")
     model = build_model(config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise ValueError(f"{what}: weights do not match the config {config} ({first})") from None
+    model.load_state_dict(state, strict=True)
     return model
+
+
+def _weights_header(weights: Path, what: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """{name: (shape, dtype)} of every tensor in a safetensors file, read from its header alone."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), _DTYPES.get(f.get_slice(k).get_dtype())) for k in f.keys()}
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"{what}: {weights.name} is missing or corrupt ({err}); re-register the model with `train`") from None
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+           "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
 def training_snapshots(m: LoadedModel) -> list[tuple[int, str]]:
@@ -235,5 +263,3 @@ def training_snapshots(m: LoadedModel) -> list[tuple[int, str]]:
     if not found:
         raise ValueError(f"{m.uri} has no training snapshots; train it with -P snapshot_every=K (e.g. 10) to analyse its history")
     return found
-
-
