@@ -55,6 +55,12 @@ DEVICES = ("auto", "cpu", "cuda")
 CLEAN_TRAIN_EVAL_MAX = 10_000  # training examples scored without augmentation at the end (train_accuracy)
 
 
+def snapshot_epochs(epochs: int, every: int) -> tuple[int, ...]:
+    """The epochs a training of `epochs` with snapshot_every=`every` keeps snapshots of: 0 (before
+    training), every `every`-th, and the last; none when `every` is 0."""
+    return tuple(sorted({*range(0, epochs + 1, every), epochs})) if every > 0 else ()
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training is given. The values are checked here; whether the family (arch),
@@ -104,6 +110,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def snapshot_epochs(self) -> tuple[int, ...]:
+        """The epochs whose weights a training keeps (snapshot_every)."""
+        return snapshot_epochs(self.epochs, self.snapshot_every)
 
     @classmethod
     def from_dict(cls, fields: dict) -> "TrainConfig":

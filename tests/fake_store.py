@@ -15,11 +15,12 @@ EXAMPLE = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=tor
 
 
 def register_model(depth: int = 8, width: float = 0.25, seed: int = 0, dataset: str = "cifar10",
-                   silenced: tuple[str, ...] = (), **tags: str) -> ModelVersion:
+                   silenced: tuple[str, ...] = (), training: dict | None = None, **tags: str) -> ModelVersion:
     """A seeded random ResNet registered under its architecture's name, with the version tags
     `train` sets (overridable through `tags`). A training run is opened for it. The residual
     branches of the `silenced` blocks ('stage2.block3') are zeroed (their last BN's scale and
-    shift), so those blocks pass their input on: a planted block of identical representations."""
+    shift), so those blocks pass their input on: a planted block of identical representations.
+    `training`: provenance recorded in its config.json beside the dataset (e.g. epochs)."""
     torch.manual_seed(seed)
     model = build_model(ModelConfig(depth, width))
     with torch.no_grad():
@@ -31,7 +32,7 @@ def register_model(depth: int = 8, width: float = 0.25, seed: int = 0, dataset: 
                     c.LINEAGE: f"{dataset}-{depth}-{width}-{seed}-{tags.get('data_fraction', '1')}", **tags}
     with mlflow.start_run():
         return model_files.register(model, model.config, registered_name(dataset, depth, width, "resnet"), version_tags,
-                                    {"dataset": dataset}, example=EXAMPLE)
+                                    {"dataset": dataset, **(training or {})}, example=EXAMPLE)
 
 
 def uri(version: ModelVersion) -> str:

@@ -126,3 +126,41 @@ def test_history_finds_a_block_planted_in_one_snapshot(store, tmp_path):
         run_id=run.info.run_id, artifact_path=f"{c.HISTORY_DIR}/summary.json")).read())
     blocks = summary["snapshots"][1]["blocks"]  # the planted layers lie inside one detected block
     assert any(b["start"] <= 5 and b["end"] >= 9 for b in blocks)
+
+
+def test_history_names_a_missing_and_a_corrupt_snapshot_and_analyses_the_others(store, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from analysis.store.model_files import load_model
+
+    version = register_model(8, 0.25, 0, training={"epochs": 3, "snapshot_every": 1})  # snapshots 0, 1, 2, 3 expected
+    state = load_model(uri(version)).model.state_dict()
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    for epoch in (0, 1, 3):  # epoch 2 lost
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"epoch-{epoch:04d}.safetensors"))
+    broken = folder / "epoch-0003.safetensors"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated
+    MlflowClient().log_artifacts(version.run_id, str(folder), c.SNAPSHOT_DIR)
+    capsys.readouterr()
+    assert run_analyze("--models", uri(version), "--history", "true", "--layers", "blocks", "--analyses", "cka") == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "leaves out epoch(s) 2, 3" in warning[0] and "snapshots/ of its training run lacks it" in warning[0]
+    assert "snapshot_every=1" in warning[0]
+    (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+              if r.data.tags.get(c.ANALYSIS_MODEL_URI) == uri(version)]
+    assert run.info.status == "FINISHED" and run.data.tags[c.HISTORY_SKIPPED] == "2,3"
+    steps = {m.step for m in MlflowClient().get_metric_history(run.info.run_id, "history/block_largest_frac")}
+    assert steps == {0, 1}
+
+
+def test_history_with_no_readable_snapshot_is_refused_in_one_line(store, tmp_path, capsys):
+    version = register_model(8, 0.25, 0, training={"epochs": 1, "snapshot_every": 1})
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    (folder / "epoch-0001.safetensors").write_bytes(b"\x00" * 16)
+    MlflowClient().log_artifacts(version.run_id, str(folder), c.SNAPSHOT_DIR)
+    capsys.readouterr()
+    assert run_analyze("--models", uri(version), "--history", "true", "--layers", "blocks", "--analyses", "cka") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none of its training snapshots could be analysed (epoch 0:" in err[0]

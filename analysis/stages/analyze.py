@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import tempfile
 from itertools import combinations
 from pathlib import Path
@@ -36,9 +37,10 @@ import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
-from ..config import MIN_HSIC_BATCH, AnalysisOptions
+from ..config import MIN_HSIC_BATCH, AnalysisOptions, snapshot_epochs
 from ..data import ImageData, take
 from ..device import resolve_device
 from ..nets import batch_statistics, layer_names, probe_layers
@@ -58,7 +60,7 @@ from ..store.versions import tag_value
 from ..store.model_files import LoadedModel, TrainedData, build_with_weights, load_model, trained_data, training_snapshots
 from ..store.tracking import stage_run
 
-__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "example_indices", "check_dataset"]
+__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "History", "example_indices", "check_dataset"]
 
 HISTORY_ANALYSES = ("cka", "pc", "dominant")  # what each training snapshot gets; probes and deletion are left to the final model
 
@@ -84,7 +86,8 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
         log_analysed_examples(data, examples)
         snapshots = [training_snapshots(m) if options.history else [] for m in loaded]  # refused before any work
         reports, joint = analyze_models(loaded, data, options, progress)
-        histories = [analyze_history(m, found, data, options, progress) for m, found in zip(loaded, snapshots)]
+        histories = [analyze_history(m, found, data, options, progress) if options.history else None
+                     for m, found in zip(loaded, snapshots)]
         model_runs = _log(reports, histories, loaded, joint, options, lambda: log_analysed_examples(data, examples))
     return AnalyzeOutcome(run.info.run_id, reports, joint, model_runs)
 
@@ -190,20 +193,45 @@ def _without_dominant(report: ModelReport, m: LoadedModel, images: torch.Tensor,
     report.dominant_removed = len(dominant)
 
 
+@dataclasses.dataclass
+class History:
+    """A model's analysed training snapshots, and the epochs that could not be analysed."""
+
+    reports: list[tuple[int, ModelReport]]  # (epoch, report), in epoch order
+    skipped: dict[int, str]  # epoch: why (missing from the training run, or unreadable)
+
+
 def analyze_history(m: LoadedModel, snapshots: Sequence[tuple[int, str]], data: ImageData, options: AnalysisOptions,
-                    progress: bool | None = None) -> list[tuple[int, ModelReport]]:
-    """(epoch, report) for each of the model's training snapshots (model_files.training_snapshots),
-    analysed like the model itself (HISTORY_ANALYSES among the chosen ones) on the same examples."""
+                    progress: bool | None = None) -> History:
+    """Each of the model's training snapshots (model_files.training_snapshots), analysed like the
+    model itself (HISTORY_ANALYSES among the chosen ones) on the same examples. A snapshot its
+    training should have kept but did not, or one that cannot be read, is named in a warning and
+    left out, and the others are analysed; with none left the analysis is refused."""
     chosen = dataclasses.replace(options, analyses=tuple(a for a in options.analyses if a in HISTORY_ANALYSES), history=False)
     device = next(m.model.parameters()).device
     tags = {k: v for k, v in m.tags.items() if k != c.TRAIN_ACCURACY}  # the final model's, not the snapshot's
+    found = {epoch for epoch, _ in snapshots}
+    expected = snapshot_epochs(int(m.training.get("epochs", 0)), int(m.training.get("snapshot_every", 0)))
+    skipped = {epoch: f"{c.SNAPSHOT_DIR}/ of its training run lacks it" for epoch in expected if epoch not in found}
     out = []
     for epoch, path in tqdm(snapshots, desc=f"{m.label}: training history", disable=None if progress is None else not progress):
-        weights = Path(mlflow.artifacts.download_artifacts(run_id=m.run_id, artifact_path=path))
-        model = build_with_weights(m.config, weights, f"{m.uri} snapshot of epoch {epoch}").to(device).eval()
+        try:
+            weights = Path(mlflow.artifacts.download_artifacts(run_id=m.run_id, artifact_path=path))
+            model = build_with_weights(m.config, weights, f"snapshot {path}").to(device).eval()
+        except (ValueError, OSError, MlflowException) as err:
+            skipped[epoch] = str(err).splitlines()[0] if str(err) else type(err).__name__
+            continue
         reports, _ = analyze_models([dataclasses.replace(m, model=model, tags=tags)], data, chosen, progress=False, snapshot=True)
         out.append((epoch, reports[0]))
-    return out
+    if skipped:
+        epochs = ", ".join(map(str, sorted(skipped)))
+        first = skipped[min(skipped)]
+        fix = f"retrain {m.uri}'s config with -P snapshot_every={m.training.get('snapshot_every', 'K')} to have every snapshot"
+        if not out:
+            raise ValueError(f"{m.uri}: none of its training snapshots could be analysed (epoch {min(skipped)}: {first}); {fix}")
+        print(f"warning: {m.uri}: history leaves out epoch(s) {epochs} (epoch {min(skipped)}: {first}); the other "
+              f"{len(out)} were analysed, and the run's tag {c.HISTORY_SKIPPED} names the epochs left out; {fix}", file=sys.stderr)
+    return History(out, skipped)
 
 
 def history_metrics(report: ModelReport) -> dict[str, float]:
@@ -214,7 +242,7 @@ def history_metrics(report: ModelReport) -> dict[str, float]:
     return {c.history_metric(k): v for k, v in out.items()}
 
 
-def _log(reports: Sequence[ModelReport], histories: Sequence[list[tuple[int, ModelReport]]], loaded: Sequence[LoadedModel], joint: ModelCKA, options: AnalysisOptions,
+def _log(reports: Sequence[ModelReport], histories: Sequence[History | None], loaded: Sequence[LoadedModel], joint: ModelCKA, options: AnalysisOptions,
          log_examples: Callable[[], None]) -> list[str]:
     """One child run per model under the active run, which gets the cross matrices."""
     common = {"num_examples": joint.num_examples, "batches": joint.batches, "passes": options.passes,
@@ -229,11 +257,13 @@ def _log(reports: Sequence[ModelReport], histories: Sequence[list[tuple[int, Mod
             mlflow.log_params(m.info.config_tags)
             log_examples()
             _log_model(report, m, common, child.info.run_id)
-            if history:
-                for epoch, snapshot in history:
+            if history is not None:
+                for epoch, snapshot in history.reports:
                     mlflow.log_metrics(history_metrics(snapshot), step=epoch)
+                if history.skipped:
+                    mlflow.set_tag(c.HISTORY_SKIPPED, ",".join(map(str, sorted(history.skipped))))
                 with tempfile.TemporaryDirectory() as tmp:
-                    write_history(Path(tmp), history, m.label, options.bn_mode(snapshot=True))
+                    write_history(Path(tmp), history.reports, m.label, options.bn_mode(snapshot=True))
                     mlflow.log_artifacts(tmp, c.HISTORY_DIR)
             run_ids.append(child.info.run_id)
     if len(reports) > 1:

@@ -210,6 +210,7 @@ def history_matrix_file(epoch: int) -> str:
 
 
 SNAPSHOT_DIR = "snapshots"  # train runs: weights every snapshot_every epochs
+HISTORY_SKIPPED = "history.skipped_epochs"  # a model's analysis run: the snapshots it could not analyse (missing, unreadable)
 
 
 def snapshot_file(epoch: int) -> str:

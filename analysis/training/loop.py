@@ -221,8 +221,7 @@ def train_pack(
                 on_epoch(k, epoch, metrics)
 
     def snapshot_due(epoch: int) -> bool:
-        return on_snapshot is not None and shard.main and config.snapshot_every > 0 and (
-            epoch % config.snapshot_every == 0 or epoch == config.epochs)
+        return on_snapshot is not None and shard.main and epoch in config.snapshot_epochs
 
     def snapshot(epoch: int) -> None:
         for k in range(pack.size):
