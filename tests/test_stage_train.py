@@ -211,3 +211,23 @@ def test_a_resnet50_family_model_trains_at_its_image_size_registers_and_is_analy
     assert len(summary["layer_names"]) == 17  # 3 + 4 + 7 + 3 block outputs
     assert len(summary["probe_accuracy"]["subset"]) == 34 and "stage3.block2.bn3" in summary["probe_accuracy"]["subset"]
     assert len(summary["deletion_accuracy"]) == 17 - 4  # every block but each stage's first (a projection)
+
+
+def test_a_training_left_at_chance_is_registered_tagged_degenerate_with_a_warning(store, capsys):
+    assert run_train("--pc1_penalty", "1e9", "--epochs", "2") == 0
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if line.startswith("warning: cifar10-resnet8-w0.25")]
+    assert len(warning) == 1 and "under 1.5 x chance (15.0%)" in warning[0] and "pc1_penalty=1e+09 may be too strong" in warning[0]
+    (version,) = lookup.find_versions("cifar10-resnet8-w0.25")
+    assert float(version.tags[c.TRAIN_ACCURACY]) < 0.15 and c.DEGENERATE in version.tags
+    (run,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list") if r.data.tags.get(c.KIND) == "train"]
+    assert run.info.status == "FINISHED" and run.data.tags[c.DEGENERATE] == version.tags[c.DEGENERATE]
+
+
+def test_degenerate_means_near_chance_on_the_training_set():
+    from analysis.stages.train import degenerate_reason
+
+    config = TrainConfig(depth=8, width=0.25)
+    assert degenerate_reason(config, 0.149, 10) and not degenerate_reason(config, 0.15, 10)
+    assert degenerate_reason(config, 0.014, 100) and not degenerate_reason(config, 0.016, 100)
+    assert "lr=0.01 may be too high" in degenerate_reason(config, 0.1, 10)

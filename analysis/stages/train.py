@@ -34,7 +34,7 @@ from ..training import TrainResult, train
 from ..training import checkpoints, distributed, settings
 
 __all__ = ["TrainRequest", "TrainOutcome", "train_stage", "follow_stage", "launch_stage", "registered_version", "register_trained",
-           "fingerprint_in_this_store", "logged_training_data", "cell_label", "REQUEST_ENV"]
+           "fingerprint_in_this_store", "logged_training_data", "cell_label", "degenerate_reason", "REQUEST_ENV"]
 
 REQUEST_ENV = "WIDEDEEP_TRAIN_REQUEST"  # set for the processes launch_stage starts: the path of the request's JSON
 
@@ -168,6 +168,12 @@ def register_trained(config: TrainConfig, result: TrainResult, data: ImageData, 
                        c.SKIPPED_IMAGES: data.skipped_images})
 
     name = registered_name(config.dataset, config.depth, config.width, config.arch)
+    degenerate = degenerate_reason(config, result.final[c.TRAIN_ACCURACY_CLEAN], data.num_classes)
+    if degenerate:
+        print(f"warning: {name} (seed {config.seed}) {degenerate}; it is registered with the version tag {c.DEGENERATE} "
+              f"holding this reason, so that it is not taken for a healthy model", file=sys.stderr)
+        mlflow.set_tag(c.DEGENERATE, degenerate)
+        extra_tags = {**(extra_tags or {}), c.DEGENERATE: degenerate}
     tags = VersionInfo(
         dataset=config.dataset, arch=config.arch, depth=config.depth, width=config.width, seed=config.seed,
         data_fraction=config.data_fraction, epochs=config.epochs, image_size=config.image_size, train_size=result.train_size,
@@ -182,6 +188,20 @@ def register_trained(config: TrainConfig, result: TrainResult, data: ImageData, 
                                    metrics=result.final, step=config.epochs)
     mlflow.set_tags({c.REGISTERED_MODEL: name, c.MODEL_VERSION: str(version.version)})
     return version
+
+
+CHANCE_MARGIN = 1.5  # a model that fits less than this x chance of its own training set learned next to nothing
+
+
+def degenerate_reason(config: TrainConfig, train_accuracy: float, num_classes: int) -> str:
+    """Why a finished training is degenerate (its clean training accuracy near chance), or ''.
+    Registered anyway, tagged: a researcher may study it, but nothing may take it for healthy."""
+    floor = CHANCE_MARGIN / num_classes
+    if train_accuracy >= floor:
+        return ""
+    cause = f"pc1_penalty={config.pc1_penalty:g} may be too strong" if config.pc1_penalty else f"lr={config.lr:g} may be too high or epochs={config.epochs} too few"
+    return (f"fits {train_accuracy:.1%} of its training set, under {CHANCE_MARGIN:g} x chance ({floor:.1%}); "
+            f"{cause}")
 
 
 def follow_stage(config: TrainConfig) -> None:

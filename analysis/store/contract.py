@@ -72,6 +72,7 @@ ANALYSIS_RUN_ID = "analysis_run_id"
 TEST_LOGITS = "test_logits"  # + "." + the test set's digest (ImageData.test_digest): one cache per dataset
 STUDY_ANALYSED = "study_analysis"  # the analysis settings' hash a study last analysed the version with
 NEWEST_ALIAS = "newest"
+DEGENERATE = "degenerate"  # version and train run: why the training is degenerate (near chance on its own training set)
 
 # --- metrics: training ------------------------------------------------------------------------
 TRAIN_LOSS = "train_loss"
