@@ -7,6 +7,9 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # headless: runs log figures to MLflow, they are never shown
+# Names and labels are drawn as the text they are: a model name such as 'a$b$c' or '$x^$' would
+# otherwise be typeset as math, or fail the whole analysis at its last step.
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from mlflow import MlflowClient
 
+from analysis import registry
 from analysis.config import TrainConfig
 from analysis.data import load_dataset, subset_indices
 from analysis.device import prepare_model
@@ -166,7 +167,7 @@ def test_the_resnet50_family_trains_on_a_streamed_folder_in_two_processes_and_is
     assert (version.tags["arch"], version.tags["image_size"]) == ("resnet50", "64")
     run = mlflow.get_run(version.tags[c.TRAIN_RUN_ID])
     assert run.info.status == "FINISHED" and run.data.params["nproc"] == "2"
-    assert mlflow.models.get_model_info(f"models:/{version.name}/1").signature.inputs.inputs[0].shape == (-1, 3, 64, 64)
+    assert registry.load_model(f"models:/{version.name}/1").training["input_shape"] == [3, 64, 64]  # what serving accepts
     analyze_run = subprocess.run([*mlflow_run, "-e", "analyze", "-P", f"models=models:/{version.name}/1", "-P", "layers=blocks",
                                   "-P", "analyses=cka,pc,dominant", "-P", "num_examples=12", "-P", "batch_size=6",
                                   "-P", "passes=2", "-P", "dominant_top=2", "-P", "device=cpu"],

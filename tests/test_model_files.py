@@ -135,15 +135,41 @@ def test_a_version_is_an_mlflow_model_that_pyfunc_serves_without_pickle(store, m
     assert np.array_equal(logits, expected)  # the same network as the project's own loader
 
     info = mlflow.models.get_model_info(uri)
-    (inputs,), (outputs,) = info.signature.inputs.inputs, info.signature.outputs.inputs
-    assert inputs.type == np.dtype(np.uint8) and inputs.shape == (-1, 3, 32, 32)
+    assert info.signature.inputs is None  # checked by analysis.store.payload instead: MLflow would cast a payload to it
+    (outputs,) = info.signature.outputs.inputs
     assert outputs.type == np.dtype(np.float32) and outputs.shape == (-1, 10)
+    assert registry.load_model(uri).training["input_shape"] == [3, 32, 32]
     logged = mlflow.get_logged_model(info.model_id)
     assert logged.name == "cifar10-resnet8-w0_25" and logged.params["depth"] == "8"
     assert {m.key: m.value for m in logged.metrics}["test_accuracy"] == 0.25
     assert logged.source_run_id == MlflowClient().get_model_version("cifar10-resnet8-w0.25", version).run_id
-    with pytest.raises(Exception, match="uint8"):
-        served.predict(images.float().numpy())
+    assert np.array_equal(served.predict(images.numpy().astype(np.int64)), expected)  # what JSON integers parse to
+
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32)).astype(np.uint8)
+IMAGES[0, 0, 0, :2] = 0, 255  # the full range, so that the refusals' ranges are known
+WRONG_PAYLOADS = [  # (what was sent, a fragment of the one-line refusal)
+    ("floats in [0, 1]", IMAGES / 255.0, "floating-point values in [0, 1] were sent (images scaled to [0, 1]?"),
+    ("floats above 255", IMAGES * 2.0, "floating-point values in [0, 510] were sent"),
+    ("negative integers", IMAGES.astype(np.int64) - 10, "integer values in [-10, 245] were sent, outside 0 to 255"),
+    ("channels last", IMAGES.transpose(0, 2, 3, 1).copy(), "channels-last images (2, 32, 32, 3) were sent"),
+    ("another size", IMAGES[:, :, :16, :16].copy(), "images of shape (2, 3, 16, 16) were sent"),
+    ("one image without a batch", IMAGES[0], "an array of shape (3, 32, 32) was sent"),
+    ("an empty batch", IMAGES[:0], "an empty batch was sent"),
+]
+
+
+@pytest.mark.parametrize("payload,fragment", [p[1:] for p in WRONG_PAYLOADS], ids=[p[0] for p in WRONG_PAYLOADS])
+def test_pyfunc_refuses_a_wrong_payload_in_one_line_naming_what_it_expects(store, payload, fragment):
+    from mlflow.exceptions import MlflowException
+
+    _, version = register_tiny()
+    served = mlflow.pyfunc.load_model(f"models:/cifar10-resnet8-w0.25/{version}")
+    with pytest.raises(MlflowException) as err:
+        served.predict(payload)
+    message = err.value.message
+    assert fragment in message and "expected uint8 images (N, 3, 32, 32)" in message
+    assert "\n" not in message and len(message) < 300  # the payload is never echoed
 
 
 def test_versions_registered_before_the_mlflow_model_layout_still_load(store, tmp_path):
@@ -179,3 +205,53 @@ def test_mlflow_models_predict_serves_a_version(store, tmp_path):
     predictions = np.array(json.loads((tmp_path / "out.json").read_text())["predictions"], dtype=np.float32)
     expected = predict_logits(registry.load_model(uri).model, torch.from_numpy(images)).numpy()
     assert np.allclose(predictions, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_server_answers_images_with_the_registry_models_logits_and_refuses_every_wrong_payload_with_a_400(store):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import subprocess_env
+
+    _, version = register_tiny()
+    uri = f"models:/cifar10-resnet8-w0.25/{version}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "-p", str(port), "-h", "127.0.0.1",
+                               "--env-manager", "local"], env=subprocess_env(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def post(payload) -> tuple[int, dict]:
+        body = json.dumps({"inputs": np.asarray(payload).tolist()}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow models serve did not start"
+                time.sleep(0.5)
+        status, answer = post(IMAGES)
+        expected = predict_logits(registry.load_model(uri).model, torch.from_numpy(IMAGES)).numpy()
+        assert status == 200 and np.allclose(np.array(answer["predictions"], dtype=np.float32), expected, atol=1e-5)
+        for what, payload, fragment in WRONG_PAYLOADS:
+            status, answer = post(payload)
+            assert 400 <= status < 500, what
+            assert fragment in answer["message"] and "\n" not in answer["message"] and len(answer["message"]) < 300, what
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,8 +1,9 @@
 """Trained models as registry files: a JSON config and safetensors weights, never a pickle.
 
 A registered version is an MLflow Model of the python_function flavor (served_model.py, logged
-as "models from code"), with a signature (uint8 images (N, 3, H, W) -> float32 logits (N,
-classes)), an input example, the training's params and test metrics, and two artifacts
+as "models from code"), with an output signature (float32 logits (N, classes); the input, uint8
+images (N, 3, H, W), is checked by payload.py rather than declared, since MLflow would cast a
+payload to it), an input example, the training's params and test metrics, and two artifacts
 (contract.MODEL_CONFIG_FILE, contract.MODEL_WEIGHTS_FILE):
     config.json        {"format": 1, "model": ModelConfig fields, "training": provenance}
     model.safetensors  the state dict (parameters and BN buffers)
@@ -123,10 +124,9 @@ def register(
     if existing:
         return existing[0]
     images = example.cpu().numpy()
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *images.shape[1:]))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, config.num_classes))]))
+    signature = ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, config.num_classes))]))
     with tempfile.TemporaryDirectory() as tmp:
-        write_model_files(Path(tmp), model, config, training)
+        write_model_files(Path(tmp), model, config, {**training, "input_shape": list(images.shape[1:])})
         info = mlflow.pyfunc.log_model(
             name=name.replace(".", "_"),  # logged-model names may not hold dots
             python_model=str(SERVED_MODEL),

@@ -7,6 +7,10 @@ the same two files `analysis.registry.load_model` reads.
 
     mlflow.pyfunc.load_model("models:/cifar10-resnet20-w1/1").predict(images)
     # images: uint8 (N, 3, H, W), as stored on disk; returns float32 logits (N, classes)
+
+Anything else (floats, values outside 0 to 255, another layout or size, an empty batch) is
+refused in one line by analysis.store.payload, which says why the input is checked there and not
+declared in the signature.
 """
 
 from __future__ import annotations
@@ -20,18 +24,18 @@ from mlflow.pyfunc import PythonModel
 
 from analysis.nets import predict_logits
 from analysis.store.model_files import read_model_files
+from analysis.store.payload import served_images
 
 
 class ResNetClassifier(PythonModel):
     def load_context(self, context) -> None:
         directory = Path(context.artifacts["config"]).parent
-        _, _, self.model = read_model_files(directory, str(directory))
+        _, training, self.model = read_model_files(directory, str(directory))
         self.model.eval()
+        self.input_shape = training.get("input_shape")  # (3, H, W); absent in versions registered before it was kept
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
-        images = np.ascontiguousarray(model_input)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {images.shape}")
+        images = served_images(model_input, self.input_shape)
         return predict_logits(self.model, torch.from_numpy(images)).cpu().numpy()
 
 
