@@ -8,6 +8,7 @@ store or a study: a bad value costs nothing but one line naming it (docs/bad-inp
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -17,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
 from analysis.config import PRESET_FIELDS, TRAIN_PRESETS, TrainConfig, require, resolve_preset
-from analysis.data import DATASETS, check_data_dir
+from analysis.data import CACHE_DIR_ENV, DATASETS, check_data_dir
 from analysis.device import resolve_device
 from analysis.nets import all_families
 from analysis.store.tracking import fail_run, first_line
@@ -46,11 +47,19 @@ def run_main(main: Callable[[], None]) -> int:
     except USER_ERRORS as err:
         if os.environ.get(TRACEBACK_ENV):
             raise
-        message = first_line(err)
-        print(f"error: {message}", file=sys.stderr)
-        fail_run(message)
-        return 2
+        return _failed(first_line(err))
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or os.environ.get(TRACEBACK_ENV):
+            raise
+        return _failed(f"no space left on the device writing {err.filename or 'a file'}; free space there (or point "
+                       f"{CACHE_DIR_ENV}, the tracking store or its artifacts at another disk) and rerun the same command")
     return 0
+
+
+def _failed(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    fail_run(message)
+    return 2
 
 
 def check_where(device: str, data_dir: str = "", dataset: str = "") -> None:

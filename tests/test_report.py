@@ -113,3 +113,12 @@ def test_cross_seed_numbers_read_the_groups_cross_matrix(store):
     # The same layer's dominant examples: other images inside seed 0's block, the same outside.
     assert table.iloc[0]["dominant_overlap_across_seeds_in_block"] == 0.0
     assert table.iloc[0]["dominant_overlap_across_seeds_outside"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["$x^$", "a$b$c", "cifar10-resnet8-w0.25-v1 ($5)"])
+def test_names_with_dollar_signs_are_drawn_as_text_not_math(tmp_path, name):
+    from matplotlib.text import Text
+
+    write_heatmap(tmp_path, "heatmap", np.eye(4), [f"{name} layer{i}" for i in range(4)], title=name, subtitle=name)
+    assert (tmp_path / "heatmap.png").stat().st_size > 0  # '$x^$' failed the analysis at its last step before
+    assert Text(text=name).get_parse_math() is False

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -231,3 +232,51 @@ def test_degenerate_means_near_chance_on_the_training_set():
     assert degenerate_reason(config, 0.149, 10) and not degenerate_reason(config, 0.15, 10)
     assert degenerate_reason(config, 0.014, 100) and not degenerate_reason(config, 0.016, 100)
     assert "lr=0.01 may be too high" in degenerate_reason(config, 0.1, 10)
+
+
+def test_a_full_disk_at_a_checkpoint_stops_in_one_line_keeps_the_previous_one_and_a_rerun_resumes(store, monkeypatch, capsys):
+    import errno
+
+    from analysis.training import checkpoints
+
+    real = checkpoints.save_file
+    saves = []
+
+    def disk_fills_at_the_second_save(tensors, filename, metadata=None):
+        saves.append(filename)
+        if len(saves) == 2:
+            with open(filename, "wb") as f:
+                f.write(b"\0" * 100)  # what a write cut short leaves
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(checkpoints, "save_file", disk_fills_at_the_second_save)
+    assert run_train("--epochs", "3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write training checkpoints under" in err[0] and "(no space left on the device)" in err[0]
+    assert "rerun the same command to resume" in err[0]
+    folder = Path(saves[0]).parent
+    assert not list(folder.glob("*.tmp"))  # nothing half-written left behind
+    (failed,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert failed.info.status == "FAILED"
+
+    monkeypatch.setattr(checkpoints, "save_file", real)
+    assert run_train("--epochs", "3") == 0
+    assert "resuming from epoch 1" in capsys.readouterr().err
+    assert lookup.find_versions("cifar10-resnet8-w0.25")
+
+
+def test_a_full_disk_anywhere_else_is_one_line_naming_the_file_and_the_run_fails(store, monkeypatch, capsys):
+    import errno
+
+    from analysis.store import model_files
+
+    def full(directory, *args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / c.MODEL_WEIGHTS_FILE))
+
+    monkeypatch.setattr(model_files, "write_model_files", full)
+    assert run_train() == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
+    assert len(err) == 1 and err[0].startswith("error: no space left on the device writing /") and c.MODEL_WEIGHTS_FILE in err[0]
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED" and not lookup.find_versions("cifar10-resnet8-w0.25")

@@ -13,11 +13,14 @@ A save writes a temporary file and fsyncs it, keeps the checkpoint it replaces a
 moment, the newest checkpoint or the one before it is whole on disk. A checkpoint that does not
 read back whole (zero bytes, truncated, a bad header: what a crash without fsync or a failing disk
 leaves) is set aside as `<name>.corrupt-<unix time>`, never deleted, with a warning, and training
-resumes from the one before it, or from scratch.
+resumes from the one before it, or from scratch. A save that fails (a full disk, above all)
+removes its temporary file, leaves the previous checkpoint as it was and stops the training in
+one line naming the folder (CheckpointWriteError); rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -32,9 +35,29 @@ from safetensors.torch import load_file, safe_open, save_file
 from ..data import CACHE_DIR_ENV, cache_dir
 
 __all__ = ["checkpoint_path", "check_writable", "read_meta", "histories", "save", "restore", "remove", "snapshot_dir",
-           "save_snapshot"]
+           "save_snapshot", "CheckpointWriteError"]
 
 UNREADABLE = (SafetensorError, OSError, ValueError, KeyError)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint or snapshot could not be written; the message names the folder and the fix."""
+
+
+def _write_whole(tmp: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` to `tmp` durably (mode 0644), or remove what was written and raise
+    CheckpointWriteError. safetensors writes 0600; another worker sharing the cache resumes from it."""
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)
+        _fsync(tmp)
+    except (OSError, SafetensorError) as err:
+        tmp.unlink(missing_ok=True)
+        full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err)
+        reason = "no space left on the device" if full else (getattr(err, "strerror", None) or str(err).splitlines()[0])
+        raise CheckpointWriteError(
+            f"cannot write training checkpoints under {tmp.parent} ({reason}); the previous checkpoint is kept: free space or "
+            f"set {CACHE_DIR_ENV} to another disk, then rerun the same command to resume") from None
 
 
 def checkpoint_path(fingerprint: str) -> Path:
@@ -52,9 +75,7 @@ def save_snapshot(folder: Path, epoch: int, state: dict[str, torch.Tensor]) -> P
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"epoch-{epoch:04d}.safetensors"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    os.chmod(tmp, 0o644)
-    _fsync(tmp)
+    _write_whole(tmp, {k: v.detach().cpu().contiguous() for k, v in state.items()})
     os.replace(tmp, path)
     return path
 
@@ -129,9 +150,7 @@ def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, m
             tensors[f"momentum.{i}"] = buf.detach().cpu().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
-    os.chmod(tmp, 0o644)  # safetensors writes 0600; another worker sharing the cache resumes from it
-    _fsync(tmp)
+    _write_whole(tmp, tensors, {"meta": json.dumps(meta)})
     if path.exists():
         os.replace(path, _previous(path))  # kept until the new one is durable
     os.replace(tmp, path)
