@@ -177,3 +177,59 @@ def test_the_resnet50_family_trains_on_a_streamed_folder_in_two_processes_and_is
     model_run = mlflow.get_run(analysed[c.ANALYSIS_RUN_ID])
     assert model_run.info.status == "FINISHED" and c.ANALYSIS_ACCURACY in model_run.data.metrics
     assert any(a.path == "cka/dominant" for a in MlflowClient().list_artifacts(model_run.info.run_id, "cka"))
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_the_launcher_owns_its_ranks_when_terminated_or_killed_and_a_rerun_at_once_registers_once(store, tmp_path, monkeypatch):
+    cache = tmp_path / "own-cache"
+    monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache))
+    command = _train_command("--epochs", "24", "--data_fraction", "0.5")
+    checkpoint = cache / "checkpoints"
+
+    def started(launcher: subprocess.Popen, after_epoch: int = 0) -> list[int]:
+        """The launcher's processes (torchrun and its ranks) once rank 0 has checkpointed past `after_epoch`."""
+        def checkpointed() -> bool:
+            assert launcher.poll() is None, launcher.communicate()[0][-3000:]
+            runs = mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string="attributes.status = 'RUNNING'")
+            return any(len(MlflowClient().get_metric_history(r.info.run_id, "train_loss")) > after_epoch for r in runs)
+        _wait_for(checkpointed, 240, "no epoch was trained")
+        owned = _pids_with({f"WIDEDEEP_LAUNCHER_PID={launcher.pid}"})
+        assert len(owned) >= 3, owned  # torchrun and two ranks
+        return owned
+
+    def gone(pids: list[int]) -> bool:
+        return not [p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+
+    # SIGTERM: the launcher stops its ranks, and its run ends FAILED.
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    owned = started(first)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) != 0
+    _wait_for(lambda: gone(owned), 20, "ranks outlived their terminated launcher")
+    [terminated] = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert terminated.info.status == "FAILED" and terminated.data.tags[c.PROCESS_PID] == str(first.pid)  # the launcher's pid
+
+    # SIGKILL: nothing can stop the ranks but themselves; a rerun started at once waits for them, then resumes.
+    second = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = len(MlflowClient().get_metric_history(terminated.info.run_id, "train_loss"))
+    owned = started(second, after_epoch=0)
+    second.kill()
+    second.wait()
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert gone(owned), "orphaned ranks outlived their killed launcher"
+    assert list(checkpoint.glob("*.safetensors")) == []  # registered, then removed
+
+    [version] = MlflowClient().search_model_versions("name='cifar10-resnet8-w0.5'")  # exactly one version of the lineage
+    runs = {r.info.run_id: r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    assert version.tags[c.TRAIN_RUN_ID] in runs and runs[version.tags[c.TRAIN_RUN_ID]].info.status == "FINISHED"
+    assert sorted(r.info.status for r in runs.values()) == ["FAILED", "FAILED", "FINISHED"] or \
+        sorted(r.info.status for r in runs.values()) == ["FAILED", "FINISHED", "KILLED"]
+    assert done >= 1

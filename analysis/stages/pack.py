@@ -68,68 +68,69 @@ def _train_and_register(configs: list[TrainConfig], pack_run_id: str, experiment
     fingerprints = [fingerprint_in_this_store(config, experiment_id) for config in configs]
     ckpt = checkpoints.checkpoint_path(hashlib.sha256(",".join(fingerprints).encode()).hexdigest()[:20])
     checkpoints.check_writable(ckpt)  # before any data is read, not after the first epoch
-    data = logged_training_data(configs[0])
-    previous = checkpoints.read_meta(ckpt)
-    lineages = previous["lineages"] if previous else [uuid.uuid4().hex for _ in configs]
-    if previous:
-        for dead in (previous["run_id"], *previous["run_ids"]):
-            mark_dead_run(dead)
-        mlflow.set_tag(c.RESUMED_FROM, previous["run_id"])
-        done = max(len(h) for h in checkpoints.histories(previous, len(configs)))
-        print(f"resuming the pack from epoch {done} of run {previous['run_id']}", file=sys.stderr)
+    with checkpoints.training_lock(ckpt):  # never resumed under live processes of the same pack
+        data = logged_training_data(configs[0])
+        previous = checkpoints.read_meta(ckpt)
+        lineages = previous["lineages"] if previous else [uuid.uuid4().hex for _ in configs]
+        if previous:
+            for dead in (previous["run_id"], *previous["run_ids"]):
+                mark_dead_run(dead)
+            mlflow.set_tag(c.RESUMED_FROM, previous["run_id"])
+            done = max(len(h) for h in checkpoints.histories(previous, len(configs)))
+            print(f"resuming the pack from epoch {done} of run {previous['run_id']}", file=sys.stderr)
 
-    subset = subset_indices(data.train_y, configs[0].data_fraction, configs[0].subset_seed)
-    runs = []
-    for k, config in enumerate(configs):
-        # Each model's train run, as train_stage opens it; left RUNNING while the pack trains.
-        with stage_run("train", f"train-{cell_label(config)}") as child:
-            log_params_once({**config.to_dict(), **given})
-            log_params_once({f"{key}_resolved": getattr(config, key) for key in from_preset})
-            mlflow.set_tags({**tags, c.PACK_RUN: pack_run_id, c.LINEAGE: lineages[k], c.FINGERPRINT: fingerprints[k],
-                             **({c.RESUMED_FROM: previous["run_ids"][k]} if previous else {})})
-            log_training_data(data, config.data_fraction, subset)
-        runs.append(child.info.run_id)
-        MlflowClient().update_run(child.info.run_id, status="RUNNING")
+        subset = subset_indices(data.train_y, configs[0].data_fraction, configs[0].subset_seed)
+        runs = []
+        for k, config in enumerate(configs):
+            # Each model's train run, as train_stage opens it; left RUNNING while the pack trains.
+            with stage_run("train", f"train-{cell_label(config)}") as child:
+                log_params_once({**config.to_dict(), **given})
+                log_params_once({f"{key}_resolved": getattr(config, key) for key in from_preset})
+                mlflow.set_tags({**tags, c.PACK_RUN: pack_run_id, c.LINEAGE: lineages[k], c.FINGERPRINT: fingerprints[k],
+                                 **({c.RESUMED_FROM: previous["run_ids"][k]} if previous else {})})
+                log_training_data(data, config.data_fraction, subset)
+            runs.append(child.info.run_id)
+            MlflowClient().update_run(child.info.run_id, status="RUNNING")
 
-    client = MlflowClient()
-    pack_rate_logged: set[int] = set()
+        client = MlflowClient()
+        pack_rate_logged: set[int] = set()
 
-    def on_epoch(k: int, epoch: int, metrics: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        client.log_batch(runs[k], metrics=[Metric(key, value, now, epoch) for key, value in {**metrics, c.EPOCH: epoch}.items()])
-        if epoch not in pack_rate_logged:
-            pack_rate_logged.add(epoch)
-            mlflow.log_metric(c.PACK_IMAGES_PER_SEC, len(configs) * metrics[c.IMAGES_PER_SEC], step=epoch)
+        def on_epoch(k: int, epoch: int, metrics: dict[str, float]) -> None:
+            now = int(time.time() * 1000)
+            client.log_batch(runs[k], metrics=[Metric(key, value, now, epoch) for key, value in {**metrics, c.EPOCH: epoch}.items()])
+            if epoch not in pack_rate_logged:
+                pack_rate_logged.add(epoch)
+                mlflow.log_metric(c.PACK_IMAGES_PER_SEC, len(configs) * metrics[c.IMAGES_PER_SEC], step=epoch)
 
-    snapshots = checkpoints.snapshot_dir(ckpt)
-    try:
-        results = train_pack(
-            configs, data, checkpoint=ckpt,
-            checkpoint_meta={"lineages": lineages, "run_ids": runs, "run_id": pack_run_id},
-            on_epoch=on_epoch, progress=progress,
-            on_snapshot=lambda k, epoch, state: checkpoints.save_snapshot(snapshots / f"seed-{configs[k].seed}", epoch, state),
-        )
-        outcomes, failed = [], []
-        for k, (config, result) in enumerate(zip(configs, results)):
-            if result.error:
-                client.set_tag(runs[k], c.ERROR, result.error)
-                client.set_terminated(runs[k], status="FAILED")
-                failed.append(f"seed {config.seed} ({result.error})")
-                continue
-            with start_run(run_id=runs[k], nested=True):
-                version = register_trained(config, result, data, runs[k], lineages[k], fingerprints[k],
-                                           snapshots / f"seed-{config.seed}", {c.PACK_RUN: pack_run_id})
-            outcomes.append(TrainOutcome(runs[k], result, version))
-    except BaseException as err:
-        for run_id in runs:  # the models that had not ended end with the pack
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_tag(run_id, c.ERROR, f"the pack failed: {first_line(err)}")
-                client.set_terminated(run_id, status="FAILED")
-        raise
-    checkpoints.remove(ckpt)  # the registry now holds the models; a rerun trains anew
-    if failed:
-        mlflow.set_tag(c.PACK_FAILED, ",".join(str(config.seed) for config, r in zip(configs, results) if r.error))
-        registered = ", ".join(str(config.seed) for config, r in zip(configs, results) if not r.error) or "none"
-        raise FloatingPointError(f"{len(failed)} of {len(configs)} models diverged: {'; '.join(failed)}; "
-                                 f"registered seeds: {registered}")
-    return outcomes
+        snapshots = checkpoints.snapshot_dir(ckpt)
+        try:
+            results = train_pack(
+                configs, data, checkpoint=ckpt,
+                checkpoint_meta={"lineages": lineages, "run_ids": runs, "run_id": pack_run_id},
+                on_epoch=on_epoch, progress=progress,
+                on_snapshot=lambda k, epoch, state: checkpoints.save_snapshot(snapshots / f"seed-{configs[k].seed}", epoch, state),
+            )
+            outcomes, failed = [], []
+            for k, (config, result) in enumerate(zip(configs, results)):
+                if result.error:
+                    client.set_tag(runs[k], c.ERROR, result.error)
+                    client.set_terminated(runs[k], status="FAILED")
+                    failed.append(f"seed {config.seed} ({result.error})")
+                    continue
+                with start_run(run_id=runs[k], nested=True):
+                    version = register_trained(config, result, data, runs[k], lineages[k], fingerprints[k],
+                                               snapshots / f"seed-{config.seed}", {c.PACK_RUN: pack_run_id})
+                outcomes.append(TrainOutcome(runs[k], result, version))
+        except BaseException as err:
+            for run_id in runs:  # the models that had not ended end with the pack
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_tag(run_id, c.ERROR, f"the pack failed: {first_line(err)}")
+                    client.set_terminated(run_id, status="FAILED")
+            raise
+        checkpoints.remove(ckpt)  # the registry now holds the models; a rerun trains anew
+        if failed:
+            mlflow.set_tag(c.PACK_FAILED, ",".join(str(config.seed) for config, r in zip(configs, results) if r.error))
+            registered = ", ".join(str(config.seed) for config, r in zip(configs, results) if not r.error) or "none"
+            raise FloatingPointError(f"{len(failed)} of {len(configs)} models diverged: {'; '.join(failed)}; "
+                                     f"registered seeds: {registered}")
+        return outcomes

@@ -130,32 +130,34 @@ def logged_training_data(config: TrainConfig) -> ImageData:
 
 def _train_and_register(config: TrainConfig, run_id: str, experiment_id: str,
                         progress: bool | None) -> tuple[TrainResult, ModelVersion]:
-    # A checkpoint of the same config in the same store and experiment is resumed.
+    # A checkpoint of the same config in the same store and experiment is resumed, never under
+    # live processes of the same training (checkpoints.training_lock; a launcher took it already).
     fingerprint = fingerprint_in_this_store(config, experiment_id)
     ckpt = checkpoints.checkpoint_path(fingerprint)
     checkpoints.check_writable(ckpt)  # before any data is read, not after the first epoch
-    distributed.broadcast(str(ckpt))  # the other ranks resume from the same file (a shared cache across machines)
-    data = logged_training_data(config)
-    previous = checkpoints.read_meta(ckpt)
-    lineage = previous["lineage"] if previous else uuid.uuid4().hex
-    if previous:
-        mark_dead_run(previous["run_id"])
-        mlflow.set_tag(c.RESUMED_FROM, previous["run_id"])
-        print(f"resuming from epoch {len(checkpoints.histories(previous)[0])} of run {previous['run_id']}", file=sys.stderr)
-    mlflow.set_tags({c.LINEAGE: lineage, c.FINGERPRINT: fingerprint})
+    with checkpoints.training_lock(ckpt, alone_first=not distributed.launched()):
+        distributed.broadcast(str(ckpt))  # the other ranks resume from the same file (a shared cache across machines)
+        data = logged_training_data(config)
+        previous = checkpoints.read_meta(ckpt)
+        lineage = previous["lineage"] if previous else uuid.uuid4().hex
+        if previous:
+            mark_dead_run(previous["run_id"])
+            mlflow.set_tag(c.RESUMED_FROM, previous["run_id"])
+            print(f"resuming from epoch {len(checkpoints.histories(previous)[0])} of run {previous['run_id']}", file=sys.stderr)
+        mlflow.set_tags({c.LINEAGE: lineage, c.FINGERPRINT: fingerprint})
 
-    snapshots = checkpoints.snapshot_dir(ckpt)
-    result = train(
-        config,
-        data,
-        checkpoint=ckpt,
-        checkpoint_meta={"lineage": lineage, "run_id": run_id},
-        on_epoch=lambda epoch, metrics: mlflow.log_metrics({**metrics, c.EPOCH: epoch}, step=epoch),
-        progress=progress,
-        on_snapshot=lambda epoch, state: checkpoints.save_snapshot(snapshots, epoch, state),
-    )
-    version = register_trained(config, result, data, run_id, lineage, fingerprint, snapshots)
-    checkpoints.remove(ckpt)  # the registry now holds the model; a rerun trains anew
+        snapshots = checkpoints.snapshot_dir(ckpt)
+        result = train(
+            config,
+            data,
+            checkpoint=ckpt,
+            checkpoint_meta={"lineage": lineage, "run_id": run_id},
+            on_epoch=lambda epoch, metrics: mlflow.log_metrics({**metrics, c.EPOCH: epoch}, step=epoch),
+            progress=progress,
+            on_snapshot=lambda epoch, state: checkpoints.save_snapshot(snapshots, epoch, state),
+        )
+        version = register_trained(config, result, data, run_id, lineage, fingerprint, snapshots)
+        checkpoints.remove(ckpt)  # the registry now holds the model; a rerun trains anew
     return result, version
 
 
@@ -207,20 +209,26 @@ def degenerate_reason(config: TrainConfig, train_accuracy: float, num_classes: i
 def follow_stage(config: TrainConfig) -> None:
     """A data-parallel rank other than 0: trains its share beside rank 0, which logs and registers."""
     ckpt = Path(distributed.broadcast(None))
-    train(config, settings.training_data(config), checkpoint=ckpt, progress=False)
+    with checkpoints.training_lock(ckpt, alone_first=False):
+        train(config, settings.training_data(config), checkpoint=ckpt, progress=False)
 
 
 def launch_stage(request: TrainRequest, nproc: int, module: str) -> None:
     """Train with `nproc` local processes (torchrun running `module`) in one MLflow run, which this
     process holds: rank 0 logs and registers in it; if any process fails, the run ends FAILED here,
     nothing is registered, and a rerun resumes from rank 0's last checkpoint. The processes receive
-    `request` whole (REQUEST_ENV names its JSON file)."""
+    `request` whole (REQUEST_ENV names its JSON file). This process owns them: SIGTERM or SIGINT
+    stops them (distributed.launch), and they stop by themselves if it dies; a rerun waits for
+    the previous launch's processes to exit before it resumes (checkpoints.training_lock)."""
     settings.check(request.config)
     with stage_run("train", f"train-{cell_label(request.config)}") as run, tempfile.TemporaryDirectory() as tmp:
         handover = Path(tmp) / "request.json"
         handover.write_text(request.to_json())
         env = {"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), REQUEST_ENV: str(handover)}
-        status = distributed.launch(nproc, module, env)
+        ckpt = checkpoints.checkpoint_path(fingerprint_in_this_store(request.config, run.info.experiment_id))
+        checkpoints.check_writable(ckpt)
+        with checkpoints.training_lock(ckpt):  # its ranks join it; a previous launch's must have exited
+            status = distributed.launch(nproc, module, env)
         if status:
             raise RuntimeError(f"a training process failed (torchrun exit status {status}; its error is above); "
                                "nothing was registered, and rerunning the same command resumes from the last checkpoint")

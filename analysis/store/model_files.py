@@ -42,6 +42,7 @@ from ..data import ImageData, load_dataset
 from ..nets import ModelConfig, build_model, family
 from .contract import LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, SNAPSHOT_DIR, model_uri
 from .lookup import find_versions, resolve_version
+from .tracking import store_lock
 from .versions import VersionInfo
 
 __all__ = ["LoadedModel", "TrainedData", "trained_data", "register", "load_model", "write_model_files", "read_model_files", "build_with_weights",
@@ -118,7 +119,9 @@ def register(
     recorded on the logged model (the metrics also on the run, at `step`: MLflow keeps a model's
     metrics as run metrics that name the model). Idempotent per `tags["lineage"]`: if a version with the same
     lineage already exists (a run killed after registering, then resumed), that version is
-    returned and nothing is added.
+    returned and nothing is added; the check and the registration happen under the store's lock
+    (tracking.store_lock: an flock beside SQLite, an advisory lock on PostgreSQL), so two writers
+    of one lineage cannot both add a version.
     """
     existing = find_versions(name, {LINEAGE: tags[LINEAGE]}) if LINEAGE in tags else []
     if existing:
@@ -140,7 +143,11 @@ def register(
         )
     if metrics:
         mlflow.log_metrics(metrics, step=step, model_id=info.model_id)
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    with store_lock(mlflow.get_tracking_uri()):  # once per lineage, even for two writers on two machines
+        existing = find_versions(name, {LINEAGE: tags[LINEAGE]}) if LINEAGE in tags else []
+        if existing:
+            return existing[0]
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
     point_newest_alias(name)
     return version
 

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from .contract import ERROR, KIND, KINDS, PROCESS_HOST, PROCESS_PID
 
 __all__ = ["start_run", "stage_run", "log_params_once", "fail_run", "reap_dead_runs", "mark_dead_run", "first_line",
-           "store_lock", "ensure_tracking_store", "process_alive"]
+           "store_lock", "ensure_tracking_store", "process_alive", "held_by_another_live_process"]
 
 PG_LOCK_KEY = 20210401  # pg_advisory_lock key of every store creation by this project
 
@@ -37,7 +37,8 @@ def first_line(err: BaseException) -> str:
 
 @contextlib.contextmanager
 def store_lock(url: str) -> Iterator[None]:
-    """Hold a lock that every process of this project takes to create a database store: an
+    """Hold a lock that every process of this project takes to create a database store (and to
+    register a version once per lineage, model_files.register): an
     flock on `<file>.lock` beside a SQLite file, an advisory lock on PostgreSQL; nothing for
     other URIs (an MLflow server creates its own store once, before it serves)."""
     try:
@@ -79,7 +80,8 @@ def start_run(**kwargs) -> Iterator[Run]:
     """mlflow.start_run, tagged with this process. If the block raises, the run ends FAILED with
     the error's first line as tag `error`."""
     with mlflow.start_run(**kwargs) as run:
-        mlflow.set_tags({PROCESS_HOST: socket.gethostname(), PROCESS_PID: str(os.getpid())})
+        if not held_by_another_live_process(run):  # a data-parallel rank joining its launcher's run leaves it the launcher's
+            mlflow.set_tags({PROCESS_HOST: socket.gethostname(), PROCESS_PID: str(os.getpid())})
         try:
             yield run
         except BaseException as err:
@@ -136,13 +138,23 @@ def fail_run(message: str) -> None:
 
 
 def mark_dead_run(run_id: str) -> None:
-    """A run that died without ending (SIGKILL, lost machine): stop it showing as RUNNING."""
+    """A run that died without ending (SIGKILL, lost machine): stop it showing as RUNNING, unless
+    the process it records still lives on this host (a run on another host cannot be checked)."""
     client = MlflowClient()
     try:
-        if client.get_run(run_id).info.status == "RUNNING":
+        run = client.get_run(run_id)
+        if run.info.status == "RUNNING" and not held_by_another_live_process(run):
             client.set_terminated(run_id, status="KILLED")
     except MlflowException:
         pass  # deleted, or in another store: nothing to mark
+
+
+def held_by_another_live_process(run: Run) -> bool:
+    """Whether the process a run records (tags process.host, process.pid) is another one of this
+    host, and alive."""
+    pid = run.data.tags.get(PROCESS_PID, "")
+    return (run.data.tags.get(PROCESS_HOST) == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid()
+            and process_alive(int(pid)))
 
 
 def reap_dead_runs() -> None:
@@ -156,8 +168,8 @@ def reap_dead_runs() -> None:
         return  # a store that cannot be searched yet (fresh, or unreachable): nothing to reap
     client = MlflowClient()
     for run in runs:
-        pid = int(run.data.tags.get(PROCESS_PID, "0"))
-        if pid and pid != os.getpid() and not process_alive(pid):
+        pid = run.data.tags.get(PROCESS_PID, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             client.set_terminated(run.info.run_id, status="KILLED")
 
 

@@ -16,17 +16,26 @@ leaves) is set aside as `<name>.corrupt-<unix time>`, never deleted, with a warn
 resumes from the one before it, or from scratch. A save that fails (a full disk, above all)
 removes its temporary file, leaves the previous checkpoint as it was and stops the training in
 one line naming the folder (CheckpointWriteError); rerunning the same command resumes.
+
+Every process that trains from a checkpoint holds `<name>.lock` (training_lock): the one that
+starts a training takes it alone, so that it never resumes under live processes of the same
+training (orphaned data-parallel ranks, a second `train` of the same config), then shares it
+with its own ranks; a rerun waits for the previous processes to exit (they stop within seconds
+of their launcher, training/distributed.py), then resumes. flock: one machine's guarantee.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -35,7 +44,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from ..data import CACHE_DIR_ENV, cache_dir
 
 __all__ = ["checkpoint_path", "check_writable", "read_meta", "histories", "save", "restore", "remove", "snapshot_dir",
-           "save_snapshot", "CheckpointWriteError"]
+           "save_snapshot", "CheckpointWriteError", "training_lock", "LOCK_WAIT_S"]
 
 UNREADABLE = (SafetensorError, OSError, ValueError, KeyError)
 
@@ -62,6 +71,50 @@ def _write_whole(tmp: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
 
 def checkpoint_path(fingerprint: str) -> Path:
     return cache_dir() / "checkpoints" / f"{fingerprint}.safetensors"
+
+
+LOCK_WAIT_S = 60.0  # how long a new training waits for the processes of a previous one to exit
+
+
+@contextlib.contextmanager
+def training_lock(path: Path, alone_first: bool = True, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the lock of the training whose checkpoint is `path`, shared. With `alone_first` (the
+    process that starts a training), first wait, up to `wait_s`, until no other process holds it;
+    the data-parallel ranks of that process then join with `alone_first=False`."""
+    lock = path.with_name(f"{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        if alone_first:
+            deadline = time.monotonic() + wait_s
+            waiting = False
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holders = _holders(lock)
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"this training is still running in other processes (pids {holders or 'unknown'}) "
+                                           f"that hold {lock}; wait for them to finish or stop them, then rerun") from None
+                    if not waiting:
+                        print(f"waiting up to {wait_s:.0f} s for the processes of a previous run of this training "
+                              f"(pids {holders or 'unknown'}) to exit", file=sys.stderr)
+                        waiting = True
+                    time.sleep(0.25)
+        fcntl.flock(f, fcntl.LOCK_SH)
+        yield
+
+
+def _holders(lock: Path) -> str:
+    """The pids holding a flock on `lock`, from /proc/locks (Linux; '' elsewhere)."""
+    try:
+        inode = lock.stat().st_ino
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return ""
+    pids = sorted({int(f[4]) for f in (line.split() for line in lines)
+                   if len(f) > 5 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(inode)})
+    return ", ".join(map(str, pids))
 
 
 def snapshot_dir(path: Path) -> Path:

@@ -4,6 +4,11 @@ torchrun starts (`train -P nproc=N` on one machine; torchrun itself across machi
 - `launch` runs torchrun for N local processes and returns its exit status. The launching
   process holds the MLflow run meanwhile, so the run ends FAILED whichever rank dies, even by
   SIGKILL (torchrun then stops the others and exits non-zero).
+- The launcher owns its processes: torchrun runs in a process group of its own, which the
+  launcher stops (SIGTERM, then SIGKILL) whenever it leaves `launch` early (SIGTERM or SIGINT,
+  turned into exceptions, or an error); and each rank watches the launcher's pid
+  (LAUNCHER_PID_ENV) and stops within seconds once it is gone, so that not even a SIGKILLed
+  launcher leaves ranks training on as orphans.
 - Every rank builds the same model from the same seed, reads the same checkpoint on resume and
   takes its own slice of every global batch (`Shard.rows`); DDP averages the gradients, so a
   step is the step of one process on the global batch, except that BatchNorm normalises each
@@ -19,12 +24,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Shard", "current", "in_worker", "init", "close", "sum_all", "share_buffers", "broadcast", "launch"]
+from ..store.tracking import process_alive  # torch-free, where the store reaps runs of dead processes
+
+__all__ = ["Shard", "current", "in_worker", "init", "close", "sum_all", "share_buffers", "broadcast", "launch", "launched",
+           "LAUNCHER_PID_ENV"]
+
+LAUNCHER_PID_ENV = "WIDEDEEP_LAUNCHER_PID"  # set for the processes `launch` starts: the launcher's pid
+WATCH_EVERY_S = 1.0  # how often a rank checks that its launcher still lives
+STOP_GRACE_S = 10.0  # from SIGTERM to SIGKILL, for torchrun's group and for a rank whose launcher is gone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +81,9 @@ def init(device: torch.device) -> Shard:
     shard = current()
     if shard.world > 1 and not dist.is_initialized():
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        if launched():
+            threading.Thread(target=_watch_launcher, args=(int(os.environ[LAUNCHER_PID_ENV]),), daemon=True,
+                             name="watch-launcher").start()
         if device.type == "cuda":
             torch.cuda.set_device(shard.local_rank)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -102,8 +119,50 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
+def launched() -> bool:
+    """Whether this process is a rank that `launch` started."""
+    return bool(os.environ.get(LAUNCHER_PID_ENV))
+
+
+def _watch_launcher(pid: int) -> None:
+    """Stop this rank once its launcher is gone (even SIGKILLed): SIGTERM, which ends its run
+    FAILED, then, if a collective still blocks the main thread, exit outright."""
+    while process_alive(pid):
+        time.sleep(WATCH_EVERY_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(STOP_GRACE_S)
+    os._exit(143)
+
+
 def launch(nproc: int, module: str, env: dict[str, str]) -> int:
     """`torchrun --standalone --nproc_per_node nproc -m module`, with `env` added to the environment
-    (where the processes find what to do); returns its exit status (non-zero when any rank failed)."""
+    (where the processes find what to do); returns its exit status (non-zero when any rank failed).
+    On SIGTERM or SIGINT, or any error, it stops torchrun's whole process group before it returns."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
-    return subprocess.run(command, env={**os.environ, **env}).returncode
+    proc = subprocess.Popen(command, env={**os.environ, **env, LAUNCHER_PID_ENV: str(os.getpid())}, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGINT is KeyboardInterrupt already
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM torchrun's process group (torchrun and its ranks); SIGKILL whatever of it is left
+    after STOP_GRACE_S."""
+    deadline = time.monotonic() + STOP_GRACE_S
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        while time.monotonic() < deadline:
+            proc.poll()  # reaps torchrun, whose zombie would keep the group alive
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+    proc.wait()
