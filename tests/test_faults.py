@@ -289,3 +289,31 @@ def test_a_parameter_of_the_wrong_type_fails_the_run_in_one_line(store):
     (run,) = runs(os.environ["MLFLOW_TRACKING_URI"])
     assert run.info.status == "FAILED" and lookup.search_versions("") == []
     assert run.data.tags["error"] == "parameter depth: invalid integer value: 'abc'"
+
+
+REGISTER_AT = """
+import sys, time, mlflow
+from analysis.nets import ModelConfig, build_model
+from analysis.store import model_files
+from tests.fake_store import EXAMPLE
+real = model_files.find_versions
+def slow_store(*args, **kwargs):  # a busy database: the answer arrives a second late
+    found = real(*args, **kwargs)
+    time.sleep(1.0)
+    return found
+model_files.find_versions = slow_store
+model = build_model(ModelConfig(8, 0.25))
+with mlflow.start_run():
+    time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+    model_files.register(model, model.config, "cifar10-resnet8-w0.25", {"lineage": "one-lineage"}, {"dataset": "cifar10"},
+                         example=EXAMPLE)
+"""
+
+
+def test_three_writers_of_one_lineage_at_once_register_one_version(store):
+    at = str(time.time() + 8)  # all three past their imports, then at once
+    procs = [spawn(["-c", REGISTER_AT, at], os.environ["MLFLOW_TRACKING_URI"]) for _ in range(3)]
+    for proc in procs:
+        finish(proc)
+    versions = lookup.find_versions("cifar10-resnet8-w0.25")
+    assert len(versions) == 1 and versions[0].tags[c.LINEAGE] == "one-lineage"
