@@ -171,6 +171,50 @@ def test_the_table_of_bad_inputs_in_docs_is_current(tmp_path, monkeypatch, tiny_
     assert DOC.read_text() == text
 
 
+# Bad files, models, payloads and machines met during the work, each refused or handled by the test
+# named (file::function); the table in docs/bad-inputs.md lists them with what a user sees.
+BAD_FILES: list[tuple[str, str, str]] = [
+    ("an image over the pixel limit (a 20,000 x 20,000 JPEG of 6 MB)",
+     "image '<file>' is 20000 x 20000 pixels, more than the limit of 89,478,485 (WIDEDEEP_MAX_IMAGE_PIXELS); shrink or "
+     "remove it, or raise the limit with WIDEDEEP_MAX_IMAGE_PIXELS=N",
+     "test_data.py::test_an_image_over_the_pixel_limit_is_refused_from_its_header"),
+    ("a data folder of one class", "<folder>/train has 1 class folder (cat); a classifier needs two or more, one folder of "
+     "images per class under train/ and test/", "test_data.py::test_a_folder_of_one_class_is_refused_before_any_image_is_read"),
+    ("another test folder of the same size and classes (`predictions -P data_dir=`)",
+     "scored anew: cached logits are keyed by the test set's digest",
+     "test_stage_predictions.py::test_another_test_folder_of_the_same_size_and_classes_is_scored_with_its_own_logits"),
+    ("a tampered config.json (width 9999, num_classes 1e9, depth 6,000,002)",
+     "models:/NAME/1: weights do not match the config ... (stem.conv.weight: the config needs (159984, 3, 3, 3) "
+     "torch.float32, model.safetensors holds (4, 3, 3, 3) torch.float32; 46 tensor(s) differ); re-register the model "
+     "with `train`", "test_model_files.py::test_a_tampered_config_is_refused_from_the_weights_header_before_anything_is_allocated"),
+    ("a missing and a truncated training snapshot (`analyze -P history=true`)",
+     "warning: models:/NAME/1: history leaves out epoch(s) 2, 3 (epoch 2: snapshots/ of its training run lacks it); the "
+     "other 2 were analysed, and the run's tag history.skipped_epochs names the epochs left out; retrain ...",
+     "test_beyond.py::test_history_names_a_missing_and_a_corrupt_snapshot_and_analyses_the_others"),
+    ("a training left at chance (`pc1_penalty=1e9`)",
+     "warning: cifar10-resnet8-w0.25 (seed 0) fits 10.0% of its training set, under 1.5 x chance (15.0%); "
+     "pc1_penalty=1e+09 may be too strong; it is registered with the version tag degenerate holding this reason ...",
+     "test_stage_train.py::test_a_training_left_at_chance_is_registered_tagged_degenerate_with_a_warning"),
+    ("a model name holding `$` (`$x^$`, `a$b$c`)", "drawn as the text it is", "test_report.py::test_names_with_dollar_signs_are_drawn_as_text_not_math"),
+    ("a served payload of floats in [0, 1] (and above 255, negative, channels last, another size, empty)",
+     "HTTP 400: floating-point values in [0, 1] were sent (images scaled to [0, 1]? send the stored uint8 values); "
+     "expected uint8 images (N, 3, 32, 32), channels first, integer pixel values 0 to 255 as stored (not floats in [0, 1])",
+     "test_model_files.py::test_the_server_answers_images_with_the_registry_models_logits_and_refuses_every_wrong_payload_with_a_400"),
+    ("a full disk at a checkpoint", "cannot write training checkpoints under <cache>/checkpoints (no space left on the "
+     "device); the previous checkpoint is kept: free space or set WIDEDEEP_CACHE_DIR to another disk, then rerun the same "
+     "command to resume", "test_stage_train.py::test_a_full_disk_at_a_checkpoint_stops_in_one_line_keeps_the_previous_one_and_a_rerun_resumes"),
+    ("a killed or terminated `train -P nproc=2` launcher, rerun at once",
+     "no rank outlives it; the rerun waits for them, resumes, and registers one version",
+     "test_distributed.py::test_the_launcher_owns_its_ranks_when_terminated_or_killed_and_a_rerun_at_once_registers_once"),
+]
+
+
+def test_every_bad_file_row_names_a_test_that_exists():
+    for _, _, where in BAD_FILES:
+        file, function = where.split("::")
+        assert f"def {function}(" in (REPO / "tests" / file).read_text(), where
+
+
 def render(tmp_path: Path, monkeypatch, tiny_data: Path, store_template: Path, capsys) -> str:
     lines = [
         "# Bad inputs and what a user sees",
@@ -191,6 +235,10 @@ def render(tmp_path: Path, monkeypatch, tiny_data: Path, store_template: Path, c
         message = err.strip().removeprefix("error: ").replace(str(tmp), "/tmp/x").replace("|", "\\|")
         shown = re.sub(r"--(\w+) ", r"\1=", args.replace("{tmp}", "/tmp/x")) or "(none)"
         lines.append(f"| {entry} | `{shown}`{' (registry)' if needs_store else ''} | {message} |")
+    lines += ["", "## Bad files, models, payloads and disks", "",
+              "Met during the work rather than in the parameters; each row is the test named (under `tests/`).", "",
+              "| what | what a user sees | test |", "| --- | --- | --- |"]
+    lines += [f"| {what} | {seen.replace('|', chr(92) + '|')} | `{where}` |" for what, seen, where in BAD_FILES]
     return "\n".join(lines) + "\n"
 
 
