@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -252,7 +253,7 @@ def test_a_full_disk_at_a_checkpoint_stops_in_one_line_keeps_the_previous_one_an
 
     monkeypatch.setattr(checkpoints, "save_file", disk_fills_at_the_second_save)
     assert run_train("--epochs", "3") == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("epoch ")]
     assert len(err) == 1 and "cannot write training checkpoints under" in err[0] and "(no space left on the device)" in err[0]
     assert "rerun the same command to resume" in err[0]
     folder = Path(saves[0]).parent
@@ -276,7 +277,14 @@ def test_a_full_disk_anywhere_else_is_one_line_naming_the_file_and_the_run_fails
 
     monkeypatch.setattr(model_files, "write_model_files", full)
     assert run_train() == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("warning: ", "epoch "))]
     assert len(err) == 1 and err[0].startswith("error: no space left on the device writing /") and c.MODEL_WEIGHTS_FILE in err[0]
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "FAILED" and not lookup.find_versions("cifar10-resnet8-w0.25")
+
+
+def test_a_training_whose_output_is_not_a_terminal_prints_a_line_per_epoch(store, capsys):
+    assert run_train("--epochs", "2") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all(re.search(r"train_loss \d\.\d{4}, train_accuracy 0\.\d{4}, test_accuracy 0\.\d{4}, \d+ images/s$", line) for line in lines)
