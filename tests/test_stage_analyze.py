@@ -85,8 +85,9 @@ def test_several_models_give_nested_runs_and_cross_heatmaps(store):
     parent = next(r for r in runs if r.data.tags.get("analysis.models", "").count(",") == 1)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(child.data.tags[c.ANALYSIS_MODEL_URI] for child in children) == sorted([a, b])
-    assert {(child.info.run_name, child.data.tags[c.KIND]) for child in children} == {(f"{NAME}-v1", "analyze"),
-                                                                                    (f"{NAME}-v2", "analyze")}
+    # Named for the config (the seed, not the version number, tells two models apart in a legend).
+    assert {(child.info.run_name, child.data.tags[c.KIND]) for child in children} == {("analyze-d8-w0.25-s0-f1", "analyze"),
+                                                                                    ("analyze-d8-w0.25-s1-f1", "analyze")}
     for child in children:  # every analysis sanity-checked; two seeds of one architecture also identify layers
         assert set(c.SANITY_METRICS) <= set(child.data.metrics) and child.data.metrics[c.SANITY_DIAGONAL_ERROR] < 1e-9
         assert 0 <= child.data.metrics[c.SANITY_SEED_IDENTIFICATION] <= 1
@@ -157,3 +158,29 @@ def test_the_batchnorm_mode_is_a_param_and_in_the_summary(store, given, final):
     assert parent.data.params["batchnorm"] == given
     summary = json.loads(artifact(run.info.run_id, f"{c.CKA_DIR}/{c.SUMMARY_FILE}"))
     assert summary["batchnorm"] == final
+
+
+def test_the_analysis_lands_on_the_models_page_and_the_newest_analysis_of_each_version_is_tagged(store):
+    version = register_model(20, 0.25, 3, silenced=("stage2.block1", "stage2.block2", "stage2.block3"), train_accuracy="0.99")
+    u = uri(version)
+    assert run_analyze("--models", u, "--layers", "blocks", "--analyses", "cka") == 0
+    [first] = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list") if r.data.tags.get(c.ANALYSIS_MODEL_URI)]
+    assert first.info.run_name == "analyze-d20-w0.25-s3-f1" and first.data.tags[c.ANALYSIS_NEWEST] == "true"
+
+    # The version's LoggedModel page shows the block metrics, measured on the analysed examples.
+    logged = mlflow.get_logged_model(mlflow.models.get_model_info(u).model_id)
+    on_model = {m.key: m for m in logged.metrics if m.run_id == first.info.run_id}
+    assert on_model[c.BLOCK_COUNT].value == first.data.metrics[c.BLOCK_COUNT] >= 1  # the planted block
+    (entry,) = first.inputs.dataset_inputs
+    assert (on_model[c.BLOCK_COUNT].dataset_name, on_model[c.BLOCK_COUNT].dataset_digest) == (entry.dataset.name, entry.dataset.digest)
+    description = MlflowClient().get_model_version(version.name, version.version).description
+    assert "ResNet-20 w0.25 · data 1 · seed 3" in description and "Block structure: 1 block, the largest over" in description
+    assert first.info.run_id in description
+
+    # A re-analysis takes the tag: one filter, one point per model.
+    assert run_analyze("--models", u, "--layers", "blocks", "--analyses", "cka") == 0
+    newest = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                filter_string=f"tags.`{c.ANALYSIS_NEWEST}` = 'true'")
+    assert len(newest) == 1 and newest[0].info.run_id != first.info.run_id
+    assert c.ANALYSIS_NEWEST not in mlflow.get_run(first.info.run_id).data.tags
+

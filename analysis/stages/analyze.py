@@ -56,7 +56,8 @@ from ..science.similarity import ModelCKA, model_cka
 from ..store import contract as c
 from ..store.datasets import log_analysed_examples
 from ..store.summary import ModelSummary
-from ..store.versions import tag_value
+from ..store.versions import tag_value, version_description
+from .train import cell_label
 from ..store.model_files import LoadedModel, TrainedData, build_with_weights, load_model, trained_data, training_snapshots
 from ..store.tracking import stage_run
 
@@ -243,7 +244,7 @@ def history_metrics(report: ModelReport) -> dict[str, float]:
 
 
 def _log(reports: Sequence[ModelReport], histories: Sequence[History | None], loaded: Sequence[LoadedModel], joint: ModelCKA, options: AnalysisOptions,
-         log_examples: Callable[[], None]) -> list[str]:
+         log_examples: Callable[[], mlflow.data.Dataset]) -> list[str]:
     """One child run per model under the active run, which gets the cross matrices."""
     common = {"num_examples": joint.num_examples, "batches": joint.batches, "passes": options.passes,
               "batch_size": options.batch_size, "layers": options.layers, "analyses": list(options.analyses),
@@ -253,10 +254,9 @@ def _log(reports: Sequence[ModelReport], histories: Sequence[History | None], lo
     mlflow.log_param("analysed_examples", joint.num_examples)
     run_ids = []
     for report, history, m in zip(reports, histories, loaded):
-        with stage_run("analyze", run_name=m.label) as child:
+        with stage_run("analyze", run_name=analysis_run_name(m)) as child:
             mlflow.log_params(m.info.config_tags)
-            log_examples()
-            _log_model(report, m, common, child.info.run_id)
+            _log_model(report, m, common, child.info.run_id, log_examples())
             if history is not None:
                 for epoch, snapshot in history.reports:
                     mlflow.log_metrics(history_metrics(snapshot), step=epoch)
@@ -277,12 +277,14 @@ def _log(reports: Sequence[ModelReport], histories: Sequence[History | None], lo
     return run_ids
 
 
-def _log_model(report: ModelReport, m: LoadedModel, common: dict, run_id: str) -> None:
+def _log_model(report: ModelReport, m: LoadedModel, common: dict, run_id: str, dataset: mlflow.data.Dataset) -> None:
     mlflow.set_tags({
         c.ANALYSIS_MODEL_URI: m.uri, c.MODEL_NAME: m.name, c.MODEL_VERSION: m.version, c.TRAIN_RUN_ID: m.run_id or "",
         **m.info.to_tags((*c.VERSION_CONFIG, c.TRAIN_ACCURACY)),
     })
-    mlflow.log_metrics(report.metrics)
+    # Linked to the version's LoggedModel and to the analysed examples: the model's own page
+    # answers "does it have a block?", on which data.
+    mlflow.log_metrics(report.metrics, model_id=m.model_id, dataset=dataset)
     with tempfile.TemporaryDirectory() as tmp:
         summary = ModelSummary(model_uri=m.uri, layer_names=report.names, metrics=report.metrics, blocks=[],
                                train_run_id=m.run_id, version_tags=m.tags, **common)
@@ -291,3 +293,25 @@ def _log_model(report: ModelReport, m: LoadedModel, common: dict, run_id: str) -
     client = MlflowClient()
     for key, value in {**report.metrics, c.ANALYSIS_RUN_ID: run_id}.items():
         client.set_model_version_tag(m.name, m.version, key, tag_value(value))
+    mark_newest_analysis(m.uri, run_id)
+    client.update_model_version(m.name, m.version, description=version_description(m.info, report.metrics, run_id))
+
+
+def analysis_run_name(m: LoadedModel) -> str:
+    """'analyze-d56-w2-s3-f0.25': a model's analysis run, named for its config (a version number
+    says nothing in a chart's legend); the version's label where its tags lack the config."""
+    info = m.info
+    known = None not in (info.depth, info.width, info.seed, info.data_fraction)
+    return f"analyze-{cell_label(info)}" if known else f"analyze-{m.label}"
+
+
+def mark_newest_analysis(uri: str, run_id: str) -> None:
+    """Tag `run_id` as the newest analysis of the version `uri` (ANALYSIS_NEWEST), and no earlier
+    one: a flat filter `tags.analysis.newest = 'true'` selects one point per model."""
+    client = MlflowClient()
+    earlier = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                 filter_string=f"tags.`{c.ANALYSIS_MODEL_URI}` = '{uri}' and tags.`{c.ANALYSIS_NEWEST}` = 'true'")
+    mlflow.set_tag(c.ANALYSIS_NEWEST, "true")
+    for run in earlier:
+        if run.info.run_id != run_id:
+            client.delete_tag(run.info.run_id, c.ANALYSIS_NEWEST)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import mlflow
+from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from ..config import TrainConfig, short_number
@@ -26,7 +27,7 @@ from ..data import SKIP_BAD_IMAGES_ENV, ImageData, subset_indices
 from ..nets import registered_name
 from ..store import contract as c
 from ..store.lookup import find_versions
-from ..store.versions import VersionInfo
+from ..store.versions import VersionInfo, version_description
 from ..store import model_files
 from ..store.datasets import log_training_data
 from ..store.tracking import log_params_once, mark_dead_run, stage_run
@@ -76,9 +77,9 @@ class TrainOutcome:
         return c.model_uri(self.version.name, self.version.version)
 
 
-def cell_label(config: TrainConfig, seeds: str = "") -> str:
-    """'d56-w2-s3-f0.25': the grid cell of a training, for run names; `seeds` ('0,1,2') in place of
-    the config's own seed labels a pack."""
+def cell_label(config: TrainConfig | VersionInfo, seeds: str = "") -> str:
+    """'d56-w2-s3-f0.25': the grid cell of a training (or of the version it registered), for run
+    names; `seeds` ('0,1,2') in place of the config's own seed labels a pack."""
     return f"d{config.depth}-w{short_number(config.width)}-s{seeds or config.seed}-f{short_number(config.data_fraction)}"
 
 
@@ -176,12 +177,13 @@ def register_trained(config: TrainConfig, result: TrainResult, data: ImageData, 
               f"holding this reason, so that it is not taken for a healthy model", file=sys.stderr)
         mlflow.set_tag(c.DEGENERATE, degenerate)
         extra_tags = {**(extra_tags or {}), c.DEGENERATE: degenerate}
-    tags = VersionInfo(
+    info = VersionInfo(
         dataset=config.dataset, arch=config.arch, depth=config.depth, width=config.width, seed=config.seed,
         data_fraction=config.data_fraction, epochs=config.epochs, image_size=config.image_size, train_size=result.train_size,
         subset_hash=result.subset_hash, test_accuracy=result.final[c.TEST_ACCURACY],
         train_accuracy=result.final[c.TRAIN_ACCURACY_CLEAN], train_run_id=run_id, lineage=lineage, fingerprint=fingerprint,
-    ).to_tags()
+    )
+    tags = info.to_tags()
     training = {**config.to_dict(), "classes": list(data.classes), "train_size": result.train_size,
                 "subset_hash": result.subset_hash, "run_id": run_id}
     version = model_files.register(result.model, settings.model_config(config, data.num_classes), name,
@@ -189,6 +191,7 @@ def register_trained(config: TrainConfig, result: TrainResult, data: ImageData, 
                                    example=data.test_x[:EXAMPLE_IMAGES], params={k: getattr(config, k) for k in MODEL_PARAMS},
                                    metrics=result.final, step=config.epochs)
     mlflow.set_tags({c.REGISTERED_MODEL: name, c.MODEL_VERSION: str(version.version)})
+    MlflowClient().update_model_version(name, version.version, description=version_description(info))
     return version
 
 

@@ -41,6 +41,7 @@ MODEL_VERSION = "model_version"
 TRAIN_RUN_ID = "train_run_id"
 ANALYSIS_MODEL_URI = "analysis.model_uri"
 ANALYSIS_MODELS = "analysis.models"
+ANALYSIS_NEWEST = "analysis.newest"  # "true" on the newest analysis run of each version, and on no other
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own tag on a nested run
 GROUP_A = "group_a"
 GROUP_B = "group_b"

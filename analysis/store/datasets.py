@@ -22,8 +22,9 @@ from ..data import ImageData, indices_hash
 __all__ = ["log_training_data", "log_analysed_examples"]
 
 
-def _log(images: torch.Tensor, labels: torch.Tensor, count: int, source: str, name: str, digest: str, context: str) -> None:
-    """Log `count` examples shaped like `images` and `labels` (whose values are never read)."""
+def _log(images: torch.Tensor, labels: torch.Tensor, count: int, source: str, name: str, digest: str,
+         context: str) -> mlflow.data.Dataset:
+    """Log `count` examples shaped like `images` and `labels` (whose values are never read); returns the dataset."""
     def stand_in(t: torch.Tensor):
         return torch.zeros((), dtype=t.dtype).expand(count, *t.shape[1:]).numpy()
 
@@ -32,6 +33,7 @@ def _log(images: torch.Tensor, labels: torch.Tensor, count: int, source: str, na
         dataset = mlflow.data.from_numpy(stand_in(images), targets=stand_in(labels), source=source or None, name=name,
                                          digest=digest)
     mlflow.log_input(dataset, context=context)
+    return dataset
 
 
 def log_training_data(data: ImageData, fraction: float, subset: torch.Tensor) -> None:
@@ -39,6 +41,6 @@ def log_training_data(data: ImageData, fraction: float, subset: torch.Tensor) ->
     _log(data.train_x, data.train_y, len(subset), data.source, f"{data.name}-f{fraction:g}", indices_hash(subset), "training")
 
 
-def log_analysed_examples(data: ImageData, index: torch.Tensor) -> None:
-    """The test examples the active run analysed."""
-    _log(data.test_x, data.test_y, len(index), data.source, f"{data.name}-test-n{len(index)}", indices_hash(index), "analysis")
+def log_analysed_examples(data: ImageData, index: torch.Tensor) -> mlflow.data.Dataset:
+    """The test examples the active run analysed (the dataset its metrics are measured on)."""
+    return _log(data.test_x, data.test_y, len(index), data.source, f"{data.name}-test-n{len(index)}", indices_hash(index), "analysis")

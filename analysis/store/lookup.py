@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from .contract import model_uri
 
-__all__ = ["search_versions", "find_versions", "split_uris", "uris_matching", "resolve_version", "MODEL_URI"]
+__all__ = ["search_versions", "find_versions", "split_uris", "uris_matching", "resolve_version", "logged_model_id", "MODEL_URI"]
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[\w-]+))$")
 
@@ -77,4 +77,11 @@ def resolve_version(uri: str) -> ModelVersion:
             return max(versions, key=lambda v: int(v.version))
         return client.get_model_version(name, version)
     except MlflowException as err:
-        raise ValueError(f"model {uri!r} is not in the registry ({err.message.splitlines()[0]}); list models with `mlflow models` or the UI") from None
+        raise ValueError(f"model {uri!r} is not in the registry ({err.message.splitlines()[0]}); see the registered models on the UI's Models page, or with mlflow.search_registered_models()") from None
+
+
+def logged_model_id(version: ModelVersion) -> str | None:
+    """The id of the MLflow LoggedModel a version was registered from (its page in the UI), or
+    None for versions registered before models were logged as MLflow Models."""
+    source = version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None

@@ -41,7 +41,7 @@ from torch import nn
 from ..data import ImageData, load_dataset
 from ..nets import ModelConfig, build_model, family
 from .contract import LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, SNAPSHOT_DIR, model_uri
-from .lookup import find_versions, resolve_version
+from .lookup import find_versions, logged_model_id, resolve_version
 from .tracking import store_lock
 from .versions import VersionInfo
 
@@ -86,6 +86,7 @@ class LoadedModel:
     tags: dict[str, str]
     run_id: str | None  # the training run
     training: dict  # provenance recorded at training time
+    model_id: str | None = None  # the LoggedModel the version was registered from (None: registered before)
 
     @property
     def label(self) -> str:
@@ -194,6 +195,7 @@ def load_model(uri: str, device: torch.device | str = "cpu") -> LoadedModel:
         tags=dict(version.tags),
         run_id=version.run_id,
         training=training,
+        model_id=logged_model_id(version),
     )
 
 

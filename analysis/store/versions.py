@@ -16,10 +16,10 @@ import dataclasses
 import math
 from typing import Mapping
 
-from ..config import short_number
+from ..config import FITS_TRAINING_SET, short_number
 from . import contract as c
 
-__all__ = ["VersionInfo", "tag_value"]
+__all__ = ["VersionInfo", "tag_value", "version_description"]
 
 LEGACY_ARCH = "resnet"
 LEGACY_IMAGE_SIZE = 0
@@ -106,3 +106,23 @@ def _short(value: float | None) -> str | None:
 
 def _score(value: float | None) -> str | None:
     return None if value is None else tag_value(value)
+
+
+def version_description(info: VersionInfo, metrics: Mapping[str, float] | None = None, analysis_run_id: str = "") -> str:
+    """A version's description in the registry: what it is, how it was trained, and, once
+    analysed (`metrics` of its newest analysis), the paper's question answered: has it a block?"""
+    family = "ResNet-50 family" if info.arch == "resnet50" else "CIFAR ResNet"
+    what = (f"{info.label} ({family}, depth {info.depth}, width {_short(info.width)}) trained on {_short(info.data_fraction)} "
+            f"of {info.dataset}'s training set ({info.train_size or '?'} images) for {info.epochs} epochs, seed {info.seed}.")
+    if info.test_accuracy is not None and info.train_accuracy is not None:
+        what += f" Test accuracy {info.test_accuracy:.1%}, training accuracy (clean) {info.train_accuracy:.1%}."
+    if metrics is None or c.BLOCK_COUNT not in metrics:
+        return what + " Not analysed yet: `mlflow run . -e analyze -P models=models:/NAME/VERSION`."
+    count = int(metrics[c.BLOCK_COUNT])
+    verdict = (f" Block structure: {count} block{'s' if count > 1 else ''}, the largest over "
+               f"{metrics[c.BLOCK_LARGEST_FRAC]:.0%} of its layers (mean CKA {metrics[c.BLOCK_MEAN_CKA]:.3f})"
+               if count else " Block structure: none")
+    if info.train_accuracy is not None and info.train_accuracy < FITS_TRAINING_SET:
+        verdict += (f"; it fits under {FITS_TRAINING_SET:.0%} of its training set, and an under-trained ResNet "
+                    "looks like one big block, so this says little")
+    return what + verdict + (f" (analysis run {analysis_run_id})." if analysis_run_id else ".")
