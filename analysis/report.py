@@ -22,16 +22,17 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from .config import StudyPreset, short_number
+from .config import FITS_TRAINING_SET, StudyPreset, short_number
 from .science.blocks import in_block_mask
 from .science.dominant import jaccard
 from .science.explain import cross_seed_similarity
 from .store import contract as c
 from .store.results import cross_matrix, download, model_analysis
 from .store.summary import ModelSummary
+from .verdicts import CANNOT_TEST, SUPPORTS, Verdict, under_trained, verdicts
 
 __all__ = ["Section", "SECTIONS", "StudyResults", "ReportData", "study_rows_frame", "cross_seed_numbers", "gather",
-           "render_html", "write_report"]
+           "render_html", "write_report", "judge", "verdict_summary"]
 
 CONFIG_COLUMNS = (c.DEPTH, c.WIDTH, c.DATA_FRACTION, c.SEED)
 
@@ -208,9 +209,36 @@ def _dominant_statistics(models: list[ModelFiles]) -> pd.DataFrame:
                          for images, stats in m.summary.dominant.statistics.items()])
 
 
+def judge(data: ReportData) -> dict[str, Verdict]:
+    """The study's verdict on each claim (verdicts.py)."""
+    result = data.results
+    return verdicts(data.numbers, data.cross, result.predictions, min(len(result.group_a), len(result.group_b)))
+
+
+def verdict_summary(judged: dict[str, Verdict]) -> str:
+    """'supports: pc1, deletion; contradicts: probes; cannot test: predictions', in SECTIONS order."""
+    parts = []
+    for status in (SUPPORTS, "contradicts", CANNOT_TEST):
+        keys = [key for key in SECTIONS if key in judged and judged[key].status == status]
+        if keys:
+            parts.append(f"{status}: {', '.join(keys)}")
+    return "; ".join(parts)
+
+
+def _banner(numbers: pd.DataFrame) -> str:
+    under = under_trained(numbers)
+    if under.empty:
+        return ""
+    names = ", ".join(f"{_label(row)} ({getattr(row, c.TRAIN_ACCURACY):.0%})" for row in under.itertuples())
+    return (f'<p class="banner">{len(under)} of {len(numbers)} models fit less than {FITS_TRAINING_SET:.0%} of their '
+            f"training set: {html.escape(names)}. An under-trained ResNet looks like one big block, so their block numbers "
+            "test nothing: the verdicts leave them out. Train them longer or with a lower lr.</p>")
+
+
 def render_html(data: ReportData) -> str:
     """The report page of `data`."""
     p, result, numbers = data.preset, data.results, data.numbers
+    judged = judge(data)
 
     def columns(names: tuple[str, ...]) -> pd.DataFrame:
         return numbers[[col for col in (*CONFIG_COLUMNS, *names) if col in numbers]]
@@ -249,6 +277,10 @@ def render_html(data: ReportData) -> str:
     body = []
     for key, section in SECTIONS.items():
         claim = f'<p class="claim">Claim tested: {html.escape(section.claim)}</p>' if section.claim else ""
+        if key in judged:
+            v = judged[key]
+            claim += (f'<p class="verdict {v.status.replace(" ", "-")}">This study <b>{v.status}</b> it: '
+                      f"{html.escape(v.reason)}.</p>")
         table = _table(columns(section.metrics)) if section.metrics else ""
         figures = per_model(section) if section.figure else ""
         if key == "dominant":
@@ -258,16 +290,22 @@ def render_html(data: ReportData) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>widedeep study: {p.name}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
 .claim{{background:#f4f1e8;border-left:4px solid #c90;padding:.4em .8em}}
+.verdict{{padding:.3em .8em;border-left:4px solid #999}} .supports{{border-color:#2a7;background:#eef8f1}}
+.contradicts{{border-color:#c33;background:#fbeeee}} .cannot-test{{border-color:#999;background:#f3f3f3}}
+.banner{{background:#fff3cd;border:1px solid #e0b000;padding:.6em .9em;font-weight:600}}
 table.numbers{{border-collapse:collapse;font-size:13px}} table.numbers td,table.numbers th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
 figure{{display:inline-block;margin:6px}} figcaption{{font-size:12px;color:#555;text-align:center}}</style></head>
 <body><h1>Do wide and deep networks learn the same things? Study <code>{p.name}</code></h1>
-<p>MLflow run <code>{data.run_id}</code>. Sections follow the paper's findings; each states the claim it tests.</p>
+<p>MLflow run <code>{data.run_id}</code>. Sections follow the paper's findings; each states the claim it tests and
+whether this study supports it, contradicts it or cannot test it (analysis/verdicts.py says how that is decided).</p>
+{_banner(numbers)}<p><b>Verdicts</b>: {html.escape(verdict_summary(judged))}.</p>
 {''.join(body)}</body></html>"""
 
 
-def write_report(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -> Path:
-    """report.html under `out`, with the comparison, predictions and per-model figures beside it."""
+def write_report(p: StudyPreset, result: StudyResults, out: Path, run_id: str) -> tuple[Path, dict[str, Verdict]]:
+    """report.html under `out`, with the comparison, predictions and per-model figures beside it;
+    returns its path and the verdicts it states."""
     path = out / c.REPORT_FILE
-    page = render_html(gather(p, result, out, run_id))
-    path.write_text(page)
-    return path
+    data = gather(p, result, out, run_id)
+    path.write_text(render_html(data))
+    return path, judge(data)

@@ -87,7 +87,8 @@ def test_every_section_shows_the_logged_numbers(store):
     results = StudyResults(rows=rows, compare_run_id=compare_run, predictions_run_id=predictions_run, group_a=uris,
                            group_b=["models:/x/1", "models:/x/2"], predictions=result.metrics(),
                            timings={"sweep": 1.0})
-    page = write_report(STUDY_PRESETS["smoke"], results, store / "report", "run-id").read_text()
+    path, judged = write_report(STUDY_PRESETS["smoke"], results, store / "report", "run-id")
+    page = path.read_text()
 
     sections = {k: re.search(rf'<section id="{k}">(.*?)</section>', page, re.S).group(1) for k in SECTIONS}
     assert "0.500" in sections["block-structure"] and "0.250" in sections["block-structure"]
@@ -98,6 +99,16 @@ def test_every_section_shows_the_logged_numbers(store):
     # Cross-seed: the same layer's CKA is 0.3 inside seed 0's block (layers 2-5) and 0.9 outside.
     assert "0.300" in sections["cross-seed"] and "0.900" in sections["cross-seed"]
     assert "0.700" in sections["dominant"]  # the top 2 hold 0.4 + 0.3 of each block layer's PC1
+    # Verdicts, from the planted numbers: PC1 carries more inside the block (its share rises along
+    # the layers), removing it breaks the block (0.2), the same layer of two seeds is more alike
+    # outside the block (0.9) than inside (0.3); one architecture has no control to contrast, and
+    # two seeds per group cannot reach p < 0.05. No model is under-trained: no banner.
+    assert judged["pc1"].status == "supports" and judged["without-pc1"].status == "supports"
+    assert judged["cross-seed"].status == "supports"
+    assert judged["block-structure"].status == "cannot test" and "one architecture" in judged["block-structure"].reason
+    assert judged["predictions"].status == "cannot test" and "cannot go below p = 0.33" in judged["predictions"].reason
+    assert 'This study <b>supports</b> it' in sections["pc1"] and 'class="banner"' not in page
+
     assert "<td>dominant</td>" in sections["dominant"] and "<td>others</td>" in sections["dominant"]  # image statistics
     assert sections["dominant"].count("<img") >= 4  # each seed's overlap heatmap and its block's images
     assert (store / "report" / c.COMPARISON_DIR / "table.csv").exists()
@@ -122,3 +133,33 @@ def test_names_with_dollar_signs_are_drawn_as_text_not_math(tmp_path, name):
     write_heatmap(tmp_path, "heatmap", np.eye(4), [f"{name} layer{i}" for i in range(4)], title=name, subtitle=name)
     assert (tmp_path / "heatmap.png").stat().st_size > 0  # '$x^$' failed the analysis at its last step before
     assert Text(text=name).get_parse_math() is False
+
+
+def test_the_verdicts_leave_out_under_trained_models_and_the_report_says_so_at_the_top():
+    import pandas as pd
+
+    from analysis.report import _banner
+    from analysis.verdicts import verdicts
+
+    def model(depth, width, seed, train, blocks):
+        return {c.DEPTH: depth, c.WIDTH: width, c.DATA_FRACTION: 0.02, c.SEED: seed, c.TRAIN_ACCURACY: train,
+                c.BLOCK_COUNT: blocks, c.PC1_SHARE_IN_BLOCK: 0.4 if blocks else None, c.PC1_SHARE_OUTSIDE: 0.2}
+
+    # The deep model has its block in both seeds, the control in none: supported. An under-trained
+    # control with a "block" (as under-trained ResNets show) must not count against it.
+    numbers = pd.DataFrame([model(56, 1, 0, 0.97, 1), model(56, 1, 1, 0.99, 1), model(20, 1, 0, 0.98, 0),
+                            model(20, 1, 1, 0.98, 0), model(20, 1, 2, 0.40, 1)])
+    judged = verdicts(numbers, pd.DataFrame(), {c.DISAGREEMENT_P_VALUE: 0.01}, seeds_per_group=4)
+    assert judged["block-structure"].status == "supports"
+    assert "ResNet-56 w1 has a block in 100% of its 2 fitted seed(s); ResNet-20 w1 has a block in 0% of its 2" in judged["block-structure"].reason
+    assert judged["pc1"].status == "supports" and judged["predictions"].status == "supports"
+    assert judged["cross-seed"].status == "cannot test"
+    banner = _banner(numbers)
+    assert "1 of 5 models fit less than 90% of their training set" in banner and "ResNet-20 w1 · data 0.02 · seed 2 (40%)" in banner
+
+    # When the control has the block too, the claim is contradicted; with every model under-trained, nothing can be tested.
+    numbers.loc[numbers[c.DEPTH] == 20, c.BLOCK_COUNT] = 1
+    assert verdicts(numbers, pd.DataFrame(), {}, 2)["block-structure"].status == "contradicts"
+    numbers[c.TRAIN_ACCURACY] = 0.5
+    assert {v.status for k, v in verdicts(numbers, pd.DataFrame(), {}, 2).items() if k != "predictions"} == {"cannot test"}
+

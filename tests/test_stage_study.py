@@ -69,7 +69,14 @@ def test_smoke_study_leaves_every_kind_of_run_resolvable_tags_and_a_full_report(
         assert match, f"section {section} is missing"
         assert re.search(r"\d\.\d{3}", match.group(1)) or section == "setup", f"section {section} shows no measured number"
     assert page.count("data:image/png;base64,") >= 10  # figures embedded, self-contained
-    assert "Claim tested" in page
+    assert "Claim tested" in page and "<b>Verdicts</b>: " in page
+
+    # Every run the study finished says what it did in its description (the UI's Description box).
+    finished = mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string="attributes.status = 'FINISHED'")
+    undescribed = [(r.info.run_name, r.data.tags.get(c.KIND)) for r in finished if not r.data.tags.get(c.NOTE)]
+    assert not undescribed, undescribed
+    assert "Verdicts on the paper's claims: " in study.data.tags[c.NOTE] and "supports" in study.data.tags[c.NOTE] or \
+        "cannot test" in study.data.tags[c.NOTE]
     artifacts = {f.path for f in MlflowClient().list_artifacts(study.info.run_id, c.REPORT_DIR)}
     assert f"{c.REPORT_DIR}/report.html" in artifacts
 

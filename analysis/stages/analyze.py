@@ -59,7 +59,7 @@ from ..store.summary import ModelSummary
 from ..store.versions import tag_value, version_description
 from .train import cell_label
 from ..store.model_files import LoadedModel, TrainedData, build_with_weights, load_model, trained_data, training_snapshots
-from ..store.tracking import stage_run
+from ..store.tracking import describe, stage_run
 
 __all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "History", "example_indices", "check_dataset"]
 
@@ -90,6 +90,11 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
         histories = [analyze_history(m, found, data, options, progress) if options.history else None
                      for m, found in zip(loaded, snapshots)]
         model_runs = _log(reports, histories, loaded, joint, options, lambda: log_analysed_examples(data, examples))
+        with_block = [m.label for m, r in zip(loaded, reports) if r.metrics.get(c.BLOCK_COUNT, 0) >= 1]
+        describe(f"Analysed {len(loaded)} model(s) on {joint.num_examples} test examples ({options.passes} pass(es) of batches "
+                 f"of {options.batch_size}), layers {options.layers}, analyses {', '.join(options.analyses)}, BatchNorm "
+                 f"{options.bn_mode(snapshot=False)}. With a block: {', '.join(with_block) or 'none'}. Each model's "
+                 "numbers, matrices and heatmaps are in its child run" + ("; the cross-model matrices are here." if len(loaded) > 1 else "."))
     return AnalyzeOutcome(run.info.run_id, reports, joint, model_runs)
 
 
@@ -295,6 +300,7 @@ def _log_model(report: ModelReport, m: LoadedModel, common: dict, run_id: str, d
         client.set_model_version_tag(m.name, m.version, key, tag_value(value))
     mark_newest_analysis(m.uri, run_id)
     client.update_model_version(m.name, m.version, description=version_description(m.info, report.metrics, run_id))
+    describe(f"The analysis of {m.uri}: {version_description(m.info, report.metrics)}")
 
 
 def analysis_run_name(m: LoadedModel) -> str:

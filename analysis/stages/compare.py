@@ -22,7 +22,7 @@ from ..store import contract as c
 from ..store import queries
 from ..store.results import heatmap_cells
 from ..store.studies import redact
-from ..store.tracking import stage_run
+from ..store.tracking import describe, stage_run
 
 __all__ = ["CompareOutcome", "compare_stage", "load_rows"]
 SOURCES = ("api", "sql")
@@ -81,4 +81,8 @@ def compare_stage(dataset: str = "", data_fraction: float | None = None, min_epo
             write_comparison(rows, table, cells, Path(tmp))
             mlflow.log_artifacts(tmp, c.COMPARISON_DIR)
         mlflow.log_metrics({"models": len(rows), "cells": len(table), "incomplete": int(np.sum(~rows["complete"]))})
+        with_block = int((rows.get(c.BLOCK_COUNT, 0) >= 1).sum())
+        describe(f"Block structure across {len(rows)} analysed model versions in {len(table)} cells (depth x width x data "
+                 f"fraction) of {dataset or 'any dataset'}: {with_block} have a block. The table and the heatmap grids are "
+                 f"under {c.COMPARISON_DIR}/; each version's newest FINISHED analysis counts.")
     return CompareOutcome(run.info.run_id, rows, table)

@@ -27,7 +27,7 @@ from mlflow.entities import Metric
 from ..config import TrainConfig
 from ..store import contract as c
 from ..store.datasets import log_training_data
-from ..store.tracking import first_line, log_params_once, mark_dead_run, stage_run, start_run
+from ..store.tracking import describe, first_line, log_params_once, mark_dead_run, stage_run, start_run
 from ..data import subset_indices
 from ..training import check_pack, checkpoints, settings, train_pack
 from .train import (TrainOutcome, cell_label, fingerprint_in_this_store, logged_training_data, register_trained,
@@ -59,8 +59,12 @@ def train_pack_stage(configs: list[TrainConfig], params: dict | None = None, par
         log_params_once({f"{k}_resolved": getattr(configs[0], k) for k in from_preset})
         if tags:
             mlflow.set_tags(tags)
-        return _train_and_register(configs, run.info.run_id, run.info.experiment_id, given, tags or {}, from_preset,
-                                   progress)
+        outcomes = _train_and_register(configs, run.info.run_id, run.info.experiment_id, given, tags or {}, from_preset,
+                                       progress)
+        describe(f"A pack of {len(configs)} seeds ({seeds}) of {cell_label(configs[0], seeds)}, trained together as one "
+                 f"network (grouped convolutions, nothing shared between models), then registered one version each: "
+                 f"{', '.join(o.uri for o in outcomes)}. Each model's train run is below this one.")
+        return outcomes
 
 
 def _train_and_register(configs: list[TrainConfig], pack_run_id: str, experiment_id: str, given: dict, tags: dict,

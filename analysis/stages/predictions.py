@@ -27,7 +27,7 @@ from ..science.predictions import compare_groups
 from ..store import contract as c
 from ..store.lookup import resolve_version, split_uris, uris_matching
 from ..store.model_files import load_model, trained_data
-from ..store.tracking import stage_run
+from ..store.tracking import describe, stage_run
 
 __all__ = ["PredictionsOutcome", "predictions_stage", "group_uris"]
 
@@ -76,6 +76,10 @@ def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutati
         metrics = {**result.metrics(), "accuracy_a_mean": float(result.accuracy[: len(a)].mean()),
                    "accuracy_b_mean": float(result.accuracy[len(a):].mean())}
         mlflow.log_metrics(metrics)
+        describe(f"Do {len(a)} models of group A and {len(b)} of group B make different errors? On {len(data.test_y)} test "
+                 f"images: {metrics[c.CROSS_DISAGREEMENT]:.3f} disagreement across the groups against "
+                 f"{metrics[c.WITHIN_DISAGREEMENT]:.3f} within them (exact permutation p = {metrics[c.DISAGREEMENT_P_VALUE]:.3g}); "
+                 f"{int(metrics[c.N_SIGNIFICANT_CLASSES])} classes differ after Benjamini-Hochberg at {alpha}.")
     return PredictionsOutcome(run.info.run_id, a, b, metrics)
 
 

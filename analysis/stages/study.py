@@ -21,10 +21,10 @@ import mlflow
 from mlflow import MlflowClient
 
 from ..config import StudyPreset
-from ..report import StudyResults, write_report
+from ..report import StudyResults, verdict_summary, write_report
 from ..store import contract as c
 from ..store.studies import redact
-from ..store.tracking import stage_run
+from ..store.tracking import describe, stage_run
 from ..training import auto_pack_size
 from .analyze import analyze_stage
 from .compare import compare_stage
@@ -100,7 +100,10 @@ def study_stage(p: StudyPreset, dataset: str, data_dir: str, device: str, storag
         results = StudyResults(rows=compared.rows, compare_run_id=compared.run_id, predictions_run_id=predicted.run_id,
                                group_a=predicted.group_a, group_b=predicted.group_b, predictions=predicted.metrics,
                                timings=timings)
-        report = write_report(p, results, out, run.info.run_id)
+        report, judged = write_report(p, results, out, run.info.run_id)
+        describe(f"Study preset {p.name} ({p.description}): {len(versions)} models trained, analysed, compared and "
+                 f"their predictions contrasted; report {c.REPORT_DIR}/{c.REPORT_FILE}. Verdicts on the paper's claims: "
+                 f"{verdict_summary(judged)}.")
         mlflow.log_metrics({f"stage_seconds_{k}": v for k, v in timings.items()})
         mlflow.log_metrics({f"predictions_{k}": v for k, v in predicted.metrics.items()})
         mlflow.log_artifacts(str(report.parent), c.REPORT_DIR)

@@ -42,7 +42,7 @@ from optuna.trial import TrialState
 from ..config import SWEEP_MAX_RETRIES, Grid, TrainConfig, grid_cells
 from ..store import contract as c
 from ..store.studies import GRACE_SECONDS, HEARTBEAT_SECONDS, open_study, redact, storage
-from ..store.tracking import first_line, log_params_once, mark_dead_run, process_alive, stage_run
+from ..store.tracking import describe, first_line, log_params_once, mark_dead_run, process_alive, stage_run
 from ..store.versions import VersionInfo
 from ..training import settings, train
 from .pack import train_pack_stage
@@ -260,6 +260,10 @@ def sweep_stage(mode: str, grid: Grid, base: TrainConfig, url: str, name: str, w
         log_params_once({"pack_resolved": pack})  # `mlflow run` logs the param as given ('auto')
         mlflow.set_tags({c.SWEEP_STUDY: name, c.SWEEP_STORAGE: redact(url), c.SWEEP_MODE: mode,
                          c.SWEEP_GRID_SIZE: str(grid.size)})
+        describe(f"{mode.capitalize()} sweep {name!r}: {grid.size} cells, depths {list(grid.depths)} x widths "
+                 f"{list(grid.widths)} x seeds {list(grid.seeds)} x data fractions {list(grid.data_fractions)}, "
+                 f"{workers} worker(s) here, seeds in packs of {pack}, Optuna storage {redact(url)}. Each cell is a train run "
+                 "below (or elsewhere, for workers on other machines) and a registered version.")
         if mode in ("setup", "grid"):
             grid_study(url, name, grid, pack)  # created once here, before any worker starts
         if mode == "setup":

@@ -27,10 +27,10 @@ from ..data import SKIP_BAD_IMAGES_ENV, ImageData, subset_indices
 from ..nets import registered_name
 from ..store import contract as c
 from ..store.lookup import find_versions
-from ..store.versions import VersionInfo, version_description
+from ..store.versions import VersionInfo, trained_summary, version_description
 from ..store import model_files
 from ..store.datasets import log_training_data
-from ..store.tracking import log_params_once, mark_dead_run, stage_run
+from ..store.tracking import describe, log_params_once, mark_dead_run, stage_run
 from ..training import TrainResult, train
 from ..training import checkpoints, distributed, settings
 
@@ -192,6 +192,7 @@ def register_trained(config: TrainConfig, result: TrainResult, data: ImageData, 
                                    metrics=result.final, step=config.epochs)
     mlflow.set_tags({c.REGISTERED_MODEL: name, c.MODEL_VERSION: str(version.version)})
     MlflowClient().update_model_version(name, version.version, description=version_description(info))
+    describe(f"{trained_summary(info)} Registered as {c.model_uri(name, version.version)}.")
     return version
 
 

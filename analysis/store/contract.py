@@ -43,6 +43,7 @@ ANALYSIS_MODEL_URI = "analysis.model_uri"
 ANALYSIS_MODELS = "analysis.models"
 ANALYSIS_NEWEST = "analysis.newest"  # "true" on the newest analysis run of each version, and on no other
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own tag on a nested run
+NOTE = "mlflow.note.content"  # MLflow's own tag: a run's description
 GROUP_A = "group_a"
 GROUP_B = "group_b"
 TEST_DIGEST = "test_digest"  # a predictions run: the digest of the test set it scored (ImageData.test_digest)

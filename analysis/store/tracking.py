@@ -23,10 +23,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from .contract import ERROR, KIND, KINDS, PROCESS_HOST, PROCESS_PID
+from .contract import ERROR, KIND, KINDS, NOTE, PROCESS_HOST, PROCESS_PID
 
 __all__ = ["start_run", "stage_run", "log_params_once", "fail_run", "reap_dead_runs", "mark_dead_run", "first_line",
-           "store_lock", "ensure_tracking_store", "process_alive", "held_by_another_live_process"]
+           "store_lock", "ensure_tracking_store", "process_alive", "held_by_another_live_process", "describe"]
 
 PG_LOCK_KEY = 20210401  # pg_advisory_lock key of every store creation by this project
 
@@ -107,6 +107,15 @@ def stage_run(kind: str, run_name: str | None = None, params: dict | None = None
         if params:
             log_params_once(params)
         yield run
+
+
+def describe(text: str, run_id: str | None = None) -> None:
+    """The run's description (the UI's Description box, MLflow's tag mlflow.note.content): what
+    it did and with what, in a paragraph."""
+    if run_id:
+        MlflowClient().set_tag(run_id, NOTE, text)
+    else:
+        mlflow.set_tag(NOTE, text)
 
 
 def log_params_once(params: dict) -> None:

@@ -19,7 +19,7 @@ from typing import Mapping
 from ..config import FITS_TRAINING_SET, short_number
 from . import contract as c
 
-__all__ = ["VersionInfo", "tag_value", "version_description"]
+__all__ = ["VersionInfo", "tag_value", "version_description", "trained_summary"]
 
 LEGACY_ARCH = "resnet"
 LEGACY_IMAGE_SIZE = 0
@@ -108,14 +108,20 @@ def _score(value: float | None) -> str | None:
     return None if value is None else tag_value(value)
 
 
-def version_description(info: VersionInfo, metrics: Mapping[str, float] | None = None, analysis_run_id: str = "") -> str:
-    """A version's description in the registry: what it is, how it was trained, and, once
-    analysed (`metrics` of its newest analysis), the paper's question answered: has it a block?"""
+def trained_summary(info: VersionInfo) -> str:
+    """What a version is and how it was trained, in a sentence or two."""
     family = "ResNet-50 family" if info.arch == "resnet50" else "CIFAR ResNet"
     what = (f"{info.label} ({family}, depth {info.depth}, width {_short(info.width)}) trained on {_short(info.data_fraction)} "
             f"of {info.dataset}'s training set ({info.train_size or '?'} images) for {info.epochs} epochs, seed {info.seed}.")
     if info.test_accuracy is not None and info.train_accuracy is not None:
         what += f" Test accuracy {info.test_accuracy:.1%}, training accuracy (clean) {info.train_accuracy:.1%}."
+    return what
+
+
+def version_description(info: VersionInfo, metrics: Mapping[str, float] | None = None, analysis_run_id: str = "") -> str:
+    """A version's description in the registry: what it is, how it was trained, and, once
+    analysed (`metrics` of its newest analysis), the paper's question answered: has it a block?"""
+    what = trained_summary(info)
     if metrics is None or c.BLOCK_COUNT not in metrics:
         return what + " Not analysed yet: `mlflow run . -e analyze -P models=models:/NAME/VERSION`."
     count = int(metrics[c.BLOCK_COUNT])
