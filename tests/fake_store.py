@@ -59,6 +59,8 @@ def populate(synthetic=SYNTHETIC) -> None:
                 mlflow.set_tags({c.ANALYSIS_MODEL_URI: uri(version), c.MODEL_NAME: version.name,
                                  c.MODEL_VERSION: str(version.version),
                                  **{k: version.tags[k] for k in ("dataset", "depth", "width", "seed", "data_fraction")}})
+                if attempt == "new":
+                    mlflow.set_tag(c.ANALYSIS_NEWEST, "true")  # as analyze moves it
                 if largest is not None:
                     value = largest if attempt == "new" else 0.99
                     mlflow.log_metrics({"block_largest_frac": value, "block_count": 1.0, "block_mean_cka": 0.95})

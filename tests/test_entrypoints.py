@@ -65,3 +65,26 @@ def test_other_numbers_are_refused_by_value(text):
 @pytest.mark.parametrize("word,parsed", [("auto", ""), ("", ""), ("/data/cifar10", "/data/cifar10")])
 def test_the_words_of_an_unset_optional_setting_parse_to_nothing(word, parsed):
     assert AUTO(word) == parsed
+
+
+def test_every_default_in_the_readme_tables_is_the_mlprojects():
+    """A README parameter table row `| `name` | default | meaning |` under `## `entry`` must give
+    the default MLproject gives that entry point's parameter (one default per parameter, everywhere)."""
+    import re
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    spec = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    text = (REPO / "README.md").read_text()
+    checked = 0
+    for section in re.finditer(r"^## `(\w+)`.*?(?=^## )", text, re.S | re.M):
+        entry = section.group(1)
+        for row in re.finditer(r"^\| (`[^|]+`) \| ([^|]+) \|", section.group(0), re.M):
+            for name in re.findall(r"`(\w+)`", row.group(1)):
+                declared = spec[entry]["parameters"].get(name)
+                assert declared is not None, f"README documents {entry} -P {name}, which MLproject lacks"
+                assert row.group(2).strip().strip("`") == str(declared.get("default")), f"{entry} -P {name}"
+                checked += 1
+    assert checked >= 35  # the train and analyze tables

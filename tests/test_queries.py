@@ -63,11 +63,27 @@ def test_readme_queries_work_as_written(store, capsys):
     namespace = {}
     exec(readme_block("python", heading), namespace)
     runs = namespace["runs"]
-    # Every finished analysis run counts: 3 seeds, each analysed twice (the older run logged 0.99).
-    assert sorted(runs["tags.seed"]) == ["0", "0", "1", "1", "2", "2"] and set(runs["tags.depth"]) == {"14"}
+    # The newest analysis of each version counts once (the older run logged 0.99).
+    assert sorted(runs["tags.seed"]) == ["0", "1", "2"] and set(runs["tags.depth"]) == {"14"}
+    assert sorted(runs["metrics.block_largest_frac"]) == [0.5, 0.6, 0.7]
     with sa.create_engine(f"sqlite:///{store / 'mlflow.db'}").connect() as conn:
         result = conn.execute(sa.text(readme_block("sql", heading))).fetchall()
-    assert [tuple(r) for r in result] == [("14", "0.25", 6, pytest.approx((0.5 + 0.7 + 0.6 + 3 * 0.99) / 6))]
+    assert [tuple(r) for r in result] == [(14, 0.25, 3, pytest.approx(0.6))]
+
+
+def test_readme_queries_run_on_a_store_with_nothing_to_find(store, capsys):
+    heading = "## `compare` and querying results"
+    exec(readme_block("python", heading), {})  # raised KeyError when the search found no run
+    assert "no analysed model has a block" in capsys.readouterr().out
+    with sa.create_engine(f"sqlite:///{store / 'mlflow.db'}").connect() as conn:
+        assert conn.execute(sa.text(readme_block("sql", heading))).fetchall() == []
+
+
+def test_the_sql_example_sorts_depth_as_a_number(store):
+    populate([(8, 0.25, 0, 0.25, 0.5), (110, 0.25, 0, 0.25, 0.5), (20, 0.25, 0, 0.25, 0.5)])
+    with sa.create_engine(f"sqlite:///{store / 'mlflow.db'}").connect() as conn:
+        result = conn.execute(sa.text(readme_block("sql", "## `compare` and querying results"))).fetchall()
+    assert [r[0] for r in result] == [8, 20, 110]  # as text: '110' < '20' < '8'
 
 
 @pytest.mark.slow

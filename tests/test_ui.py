@@ -56,6 +56,14 @@ def test_the_analysis_heatmap_and_the_version_signature_show_in_the_ui(server):
     assert re.search(r'<img[^>]*alt="cka/heatmap.png"[^>]*src="blob:', page), "the heatmap is not displayed"
 
     version = text_of(rendered(f"{server}/#/models/cifar10-resnet8-w0.25/versions/1"))
-    assert "Inputs (1)" in version and "Outputs (1)" in version  # the signature: uint8 images in, logits out
+    assert "Outputs (1)" in version  # the signature: logits out (the input is checked by the model, not declared)
     assert "block_largest_frac" in version and "train_run_id" in version  # the tags the analysis set
+    assert "Block structure:" in version  # the version's description answers the paper's question
+
+    # The version's LoggedModel page shows the analysis's block metrics beside the training's,
+    # measured on the analysed examples.
+    model_id = mlflow.models.get_model_info("models:/cifar10-resnet8-w0.25/1").model_id
+    logged = text_of(rendered(f"{server}/#/experiments/{analysis.info.experiment_id}/models/{model_id}"))
+    assert "block_count" in logged and "block_largest_frac" in logged and "test_accuracy" in logged
+    assert "cifar10-test-n40" in logged
     mlflow.set_tracking_uri(None)
