@@ -61,7 +61,9 @@ def _in_blocks(fitted: pd.DataFrame, columns: tuple[str, ...], test: Callable[[p
 
 def _block_contrast(fitted: pd.DataFrame) -> Verdict:
     """Blocks in the largest architecture (by depth x width^2, how its parameter count scales),
-    not in the smallest: each judged by the share of its fitted seeds with a block."""
+    not in the smallest: each judged by the share of its fitted seeds with a block. In most seeds
+    of the large one and at most half of the small one's, it holds; no more often in the large one
+    than in the small one, it does not; in between, the seeds cannot decide."""
     if c.BLOCK_COUNT not in fitted:
         return Verdict(CANNOT_TEST, "no model was analysed for blocks")
     arch = fitted.assign(capacity=fitted[c.DEPTH] * fitted[c.WIDTH] ** 2, has=fitted[c.BLOCK_COUNT].fillna(0) >= 1)
@@ -73,7 +75,12 @@ def _block_contrast(fitted: pd.DataFrame) -> Verdict:
     def said(row) -> str:
         return f"ResNet-{int(row[c.DEPTH])} w{row[c.WIDTH]:g} has a block in {row['mean']:.0%} of its {int(row['count'])} fitted seed(s)"
 
-    return Verdict(SUPPORTS if large["mean"] > 0.5 >= small["mean"] else CONTRADICTS, f"{said(large)}; {said(small)}")
+    reason = f"{said(large)}; {said(small)}"
+    if large["mean"] > 0.5 >= small["mean"]:
+        return Verdict(SUPPORTS, reason)
+    if large["mean"] <= small["mean"]:
+        return Verdict(CONTRADICTS, reason)
+    return Verdict(CANNOT_TEST, f"{reason}: the contrast leans the paper's way but is not clear; more seeds would decide")
 
 
 def verdicts(numbers: pd.DataFrame, cross: pd.DataFrame, predictions: dict[str, float], seeds_per_group: int) -> dict[str, Verdict]:
