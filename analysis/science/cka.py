@@ -27,7 +27,9 @@ import torch
 from ..config import MIN_HSIC_BATCH
 from ..device import flat_features
 
-__all__ = ["centred", "gram", "u_center", "double_center", "cka", "MinibatchCKA", "shuffled_hsic"]
+__all__ = ["centred", "gram", "u_center", "double_center", "cka", "MinibatchCKA", "shuffled_hsic", "CENTRINGS"]
+
+CENTRINGS = ("unbiased", "biased", "none")
 
 
 def centred(x: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -94,13 +96,18 @@ class MinibatchCKA:
     `compute()` gives La x Lb. Features are per-layer tensors of any shape (n, ...), whose Grams
     `update` computes in `dtype` (float32, the engine's precision, or float64); or pass Grams
     directly to `update_grams` (the analysis engine computes them inside forward hooks).
+    `centring`: "unbiased" (U-centring, the paper's HSIC1), "biased" (H K H, the classic HSIC of
+    Kornblith et al. 2019) or "none" (kernels compared as they are: measures.py's mutual_knn).
     """
 
     def __init__(self, names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, centring: str = "unbiased"):
+        if centring not in CENTRINGS:
+            raise ValueError(f"centring={centring!r} is not one of {', '.join(CENTRINGS)}")
         self.names_a = list(names_a) if names_a is not None else None
         self.names_b = list(names_b) if names_b is not None else None
         self.dtype = dtype
+        self.centring = centring
         self.cross: torch.Tensor | None = None  # sum of HSIC1(K_a, K_b), La x Lb (or La x La)
         self.self_a: torch.Tensor | None = None  # sum of HSIC1(K_a, K_a)
         self.self_b: torch.Tensor | None = None
@@ -121,14 +128,14 @@ class MinibatchCKA:
             raise ValueError(f"a minibatch of {n} examples is too small for unbiased HSIC; use batch_size >= {MIN_HSIC_BATCH}")
         if grams_b is not None and grams_b.shape[-1] != n:
             raise ValueError(f"model A saw {n} examples and model B {grams_b.shape[-1]}; pass the same batch to both")
-        ua = _u_centred(grams_a, consume)
-        scale = 1.0 / (n * (n - 3))
+        ua = _centred_flat(grams_a, consume, self.centring)
+        scale = {"unbiased": 1.0 / (n * (n - 3)), "biased": 1.0 / (n - 1) ** 2, "none": 1.0 / n}[self.centring]
         if grams_b is None:
             cross = (ua @ ua.T) * scale  # all layer pairs in one product
             self_a = cross.diagonal().clone()
             self_b = self_a
         else:
-            ub = _u_centred(grams_b, consume)
+            ub = _centred_flat(grams_b, consume, self.centring)
             cross = (ua @ ub.T) * scale
             self_a = (ua * ua).sum(1) * scale
             self_b = (ub * ub).sum(1) * scale
@@ -176,9 +183,14 @@ def shuffled_hsic(grams: torch.Tensor, generator: torch.Generator, chunk: int = 
     return torch.cat(cross), torch.cat(own)
 
 
-def _u_centred(grams: torch.Tensor, consume: bool) -> torch.Tensor:
-    """U-centred float64 Grams, flattened per layer; in place where `grams` is a copy already."""
+def _centred_flat(grams: torch.Tensor, consume: bool, centring: str = "unbiased") -> torch.Tensor:
+    """Centred float64 Grams (U-centred, double-centred or as they are), flattened per layer; in
+    place where `grams` is a copy already."""
     wide = grams.to(torch.float64)
+    if centring == "biased":
+        return double_center(wide).flatten(1)
+    if centring == "none":
+        return wide.flatten(1)
     return u_center(wide, inplace=consume or wide is not grams).flatten(1)
 
 
