@@ -21,7 +21,7 @@ import math
 
 __all__ = [
     "short_number", "require", "TRAIN_PRESETS", "PRESET_FIELDS", "DEVICES", "CLEAN_TRAIN_EVAL_MAX", "TrainConfig", "resolve_preset",
-    "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "BATCHNORM_MODES", "MIN_HSIC_BATCH",
+    "ANALYSES", "LAYER_SETS", "PROBE_TRAIN", "PRECISIONS", "BATCHNORM_MODES", "MIN_HSIC_BATCH", "MEASURES",
     "AnalysisOptions", "BLOCK_THRESHOLD", "BLOCK_MIN_FRAC", "BLOCK_MIN_LAYERS", "PROBE_RIDGE", "PROBE_MEMORY_BYTES", "FITS_TRAINING_SET",
     "SWEEP_HEARTBEAT_SECONDS", "SWEEP_MAX_RETRIES", "parse_values", "grid_cells", "Grid", "StudyPreset", "STUDY_PRESETS", "study_preset",
 ]  # fmt: skip
@@ -161,6 +161,7 @@ PROBE_TRAIN = ("subset", "full", "both")
 PRECISIONS = ("float32", "bf16")
 BATCHNORM_MODES = ("auto", "running", "batch")  # auto: running for final models, batch for training snapshots
 MIN_HSIC_BATCH = 4  # the unbiased HSIC estimator divides by n - 3 and n - 2 (science/cka.py)
+MEASURES = ("linear_cka", "linear_cka_biased", "rbf_cka", "mutual_knn")  # science/measures.py; linear_cka is the paper's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,12 +183,19 @@ class AnalysisOptions:
     dominant_top: int = 10  # dominant examples per layer (science/dominant.py)
     history: bool = False  # also analyse the snapshots kept during training (train -P snapshot_every)
     batchnorm: str = "auto"  # BatchNorm statistics: running (stored), batch (each analysed batch's own), auto (see bn_mode)
+    measures: tuple[str, ...] = ("linear_cka",)  # similarity measures (science/measures.py); linear_cka always runs
+    rbf_fraction: float = 0.8  # rbf_cka's bandwidth, a fraction of the median distance (Kornblith et al. 2019)
+    knn_k: int = 10  # mutual_knn's neighbours per example (Huh et al. 2024)
 
     def __post_init__(self) -> None:
         unknown = set(self.analyses) - set(ANALYSES)
         if unknown or not self.analyses:
             raise ValueError(f"analyses={','.join(self.analyses)!r} has unknown names {sorted(unknown)}; "
                              f"use a comma list of {', '.join(ANALYSES)}")
+        unknown = set(self.measures) - set(MEASURES)
+        if unknown or not self.measures:
+            raise ValueError(f"measures={','.join(self.measures)!r} has unknown names {sorted(unknown)}; "
+                             f"use a comma list of {', '.join(MEASURES)}")
         _check(self, [
             (self.layers in LAYER_SETS, "layers", f"one of {', '.join(LAYER_SETS)}"),
             (self.num_examples >= 0, "num_examples", "an integer >= 0 (0: the whole test set)"),
@@ -202,6 +210,10 @@ class AnalysisOptions:
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
             (self.dominant_top >= 1, "dominant_top", "an integer >= 1"),
             (self.batchnorm in BATCHNORM_MODES, "batchnorm", f"one of {', '.join(BATCHNORM_MODES)}"),
+            (self.rbf_fraction > 0 and math.isfinite(self.rbf_fraction), "rbf_fraction",
+             "a positive fraction of the median distance, e.g. 0.8"),
+            ("mutual_knn" not in self.measures or 1 <= self.knn_k < min(self.batch_size, self.num_examples or self.batch_size),
+             "knn_k", "an integer >= 1 and below the batch size"),
             ("dominant" not in self.analyses or "pc" in self.analyses, "analyses", "pc with dominant (it ranks examples on PC1)"),
         ])  # fmt: skip
 
@@ -250,7 +262,7 @@ def parse_values(text: str, kind: type, name: str) -> tuple:
     """A comma list of ints or floats, each value once, in order ('8.0' is the int 8); refused in
     one line naming the setting."""
     try:
-        out = tuple(dict.fromkeys(kind(float(v)) if kind is int and float(v).is_integer() else kind(v)
+        out = tuple(dict.fromkeys(kind(float(v)) if kind is int and float(v).is_integer() else kind(v.strip())
                               for v in text.split(",") if v.strip()))
     except (ValueError, OverflowError):
         example = "20,56" if kind is int else "1,2,4"

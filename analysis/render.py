@@ -61,6 +61,10 @@ def write_model_report(directory: Path, report: ModelReport, summary: ModelSumma
         subtitle += " · UNDER-TRAINED"
     write_matrix(directory, c.MATRIX, report.cka, names, names)
     write_heatmap(directory, c.HEATMAP, report.cka, names, title=label, subtitle=subtitle, blocks=spans)
+    for measure, matrix in report.measures.items():  # the linear CKA's blocks outlined, for comparison
+        write_matrix(directory / c.MEASURES_DIR, measure, matrix, names, names)
+        write_heatmap(directory / c.MEASURES_DIR, measure, matrix, names, title=f"{label}: {measure}",
+                      subtitle="outlined: the blocks of linear CKA", blocks=spans, bar_label=measure)
     summary = dataclasses.replace(summary, layer_names=names, metrics=report.metrics, blocks=[b.as_dict() for b in report.blocks])
     if report.pc1_share is not None:
         write_matrix(directory, c.MATRIX_WITHOUT_PC1, report.cka_without_pc1, names, names)

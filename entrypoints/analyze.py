@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.config import ANALYSES, BATCHNORM_MODES, LAYER_SETS, PRECISIONS, PROBE_TRAIN, AnalysisOptions
+from analysis.config import ANALYSES, BATCHNORM_MODES, LAYER_SETS, MEASURES, PRECISIONS, PROBE_TRAIN, AnalysisOptions, parse_values
 from analysis.stages.analyze import analyze_stage
 from analysis.store.lookup import split_uris, uris_matching
-from entrypoints.common import AUTO, Parser, add_data_dir, check_where, run_main, unless, whole_number
+from entrypoints.common import AUTO, Parser, add_data_dir, check_where, number, run_main, unless, whole_number
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,6 +41,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batchnorm", default=d.batchnorm, choices=BATCHNORM_MODES,
                    help="BatchNorm statistics: running (stored), batch (each analysed batch's own, stored ones untouched), "
                         "auto (running for the final model, batch for training snapshots)")
+    p.add_argument("--measures", default=",".join(d.measures),
+                   help=f"comma list of {', '.join(MEASURES)}: similarity measures beside the paper's linear_cka (always computed)")
+    p.add_argument("--rbf_fraction", type=number, default=d.rbf_fraction, help="rbf_cka's bandwidth: this x the median distance")
+    p.add_argument("--knn_k", type=whole_number, default=d.knn_k, help="mutual_knn's neighbours per example")
     p.add_argument("--dataset", type=AUTO, default="auto", help="auto: the dataset the models were trained on")
     add_data_dir(p)
     return p
@@ -63,6 +67,7 @@ def main(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, passes=args.passes, seed=args.seed, pc_iterations=args.pc_iterations,
         probe_examples=args.probe_examples, probe_pool=args.probe_pool, probe_train=args.probe_train,
         precision=args.precision, dominant_top=args.dominant_top, history=args.history == "true", batchnorm=args.batchnorm,
+        measures=tuple(parse_values(args.measures, str, "measures")), rbf_fraction=args.rbf_fraction, knn_k=args.knn_k,
     )
     check_where(args.device, args.data_dir, args.dataset)
     uris = model_uris(args.models, args.search)

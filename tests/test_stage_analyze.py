@@ -184,3 +184,25 @@ def test_the_analysis_lands_on_the_models_page_and_the_newest_analysis_of_each_v
     assert len(newest) == 1 and newest[0].info.run_id != first.info.run_id
     assert c.ANALYSIS_NEWEST not in mlflow.get_run(first.info.run_id).data.tags
 
+
+
+def test_further_measures_are_logged_beside_linear_cka_from_the_same_batches(store):
+    """A planted block (stage 2's residual branches silenced: its block outputs are one
+    representation) is 1 under every measure, which must also agree with each other's diagonal."""
+    a = register_model(20, 0.25, 3, silenced=("stage2.block1", "stage2.block2", "stage2.block3"))
+    b = register_model(20, 0.25, 4)
+    measures = ("linear_cka_biased", "rbf_cka", "mutual_knn")
+    assert run_analyze("--models", f"{uri(a)},{uri(b)}", "--layers", "blocks", "--analyses", "cka",
+                       "--measures", "linear_cka, " + ",".join(measures), "--knn_k", "5") == 0
+    child = next(r for r in runs_of("analyze") if r.data.tags.get(c.ANALYSIS_MODEL_URI) == uri(a))
+    planted = slice(3, 6)  # stage2.block1..3 among the 9 block outputs
+    for measure in measures:
+        matrix = artifact(child.info.run_id, f"{c.CKA_DIR}/{c.MEASURES_DIR}/{measure}.npy")
+        assert matrix.shape == (9, 9) and np.allclose(np.diag(matrix), 1.0) and np.allclose(matrix, matrix.T)
+        assert np.allclose(matrix[planted, planted], 1.0, atol=1e-9), measure
+        assert matrix.min() < 0.99, measure  # elsewhere the layers differ
+    files = {f.path for f in MlflowClient().list_artifacts(child.info.run_id, f"{c.CKA_DIR}/{c.MEASURES_DIR}")}
+    assert {f"{c.CKA_DIR}/{c.MEASURES_DIR}/{m}.png" for m in measures} <= files
+    parent = next(r for r in runs_of("analyze") if c.ANALYSIS_MODELS in r.data.tags)
+    cross = [f.path for f in MlflowClient().list_artifacts(parent.info.run_id, c.CROSS_DIR)][0]
+    assert artifact(parent.info.run_id, f"{cross}/{c.MEASURES_DIR}/mutual_knn.npy").shape == (9, 9)

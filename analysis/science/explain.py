@@ -48,6 +48,7 @@ class ModelReport:
     probe_names: list[str] | None = None
     probe_accuracy: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # train set -> per probe layer
     deletion: dict[str, float] | None = None  # block -> accuracy with it deleted
+    measures: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # further similarity measures (measures.py)
     dominant: Dominant | None = None
     cka_without_dominant: np.ndarray | None = None  # CKA over the analysed examples less the blocks' dominant ones
     cka_without_random: np.ndarray | None = None  # ... less as many random ones (the control)

@@ -26,14 +26,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..config import MEASURES, AnalysisOptions
 from .cka import MinibatchCKA
 
-__all__ = ["MEASURES", "DEFAULT_MEASURE", "RBF_FRACTION", "KNN_K", "kernel", "MeasureAccumulator"]
+__all__ = ["MEASURES", "RBF_FRACTION", "KNN_K", "kernel", "MeasureAccumulator"]
 
-DEFAULT_MEASURE = "linear_cka"
-MEASURES = (DEFAULT_MEASURE, "linear_cka_biased", "rbf_cka", "mutual_knn")
-RBF_FRACTION = 0.8  # bandwidth as a fraction of the median distance (Kornblith et al. report 0.2, 0.4, 0.8)
-KNN_K = 10  # neighbours per example (Huh et al. use 10)
+RBF_FRACTION = AnalysisOptions.rbf_fraction  # bandwidth as a fraction of the median distance (Kornblith et al. report 0.2, 0.4, 0.8)
+KNN_K = AnalysisOptions.knn_k  # neighbours per example (Huh et al. use 10)
 CENTRING = {"linear_cka": "unbiased", "linear_cka_biased": "biased", "rbf_cka": "biased", "mutual_knn": "none"}
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..nets import stream
 from ..config import MIN_HSIC_BATCH
 from .cka import MinibatchCKA, centred, shuffled_hsic
+from .measures import KNN_K, RBF_FRACTION, MeasureAccumulator
 from .sanity import matrix_checks
 
 __all__ = ["VARIANTS", "ModelCKA", "pass_batches", "batch_reductions", "model_cka", "float64_cka"]
@@ -112,13 +113,19 @@ def model_cka(
     directions: Sequence[Sequence[torch.Tensor]] | None = None,
     progress: bool | None = None,
     bf16: bool = False,
+    measures: Sequence[str] = (),
+    rbf_fraction: float = RBF_FRACTION,
+    knn_k: int = KNN_K,
 ) -> ModelCKA:
     """CKA within and across `models` (each already on its device) over uint8 `images`.
-    `directions[m][l]`: PC1 of model m's layer l, to also compute the PC1 variants."""
+    `directions[m][l]`: PC1 of model m's layer l, to also compute the PC1 variants. `measures`:
+    further similarity measures of measures.py (besides linear_cka, always computed), from the
+    same batches' Grams; their matrices are `joint[measure]`."""
     model_labels = model_labels or [f"model{m}" for m in range(len(models))]
     flat = [f"{label}:{n}" for label, names in zip(model_labels, layer_names) for n in names]
     variants = VARIANTS if directions is not None else VARIANTS[:1]
     accumulators = {v: MinibatchCKA(flat) for v in variants}
+    others = {m: MeasureAccumulator(m, flat, rbf_fraction, knn_k) for m in measures if m != "linear_cka"}
     correct = [0] * len(models)
     shuffled = torch.zeros(2, len(flat), dtype=torch.float64)  # summed <U(K), U(PKP^T)> and <U(K), U(K)>
     permutations = torch.Generator().manual_seed(seed)
@@ -137,6 +144,8 @@ def model_cka(
                 correct[m] += int((logits.argmax(1).cpu() == targets[index]).sum())
         grams = torch.cat(grams).to(torch.float64)
         shuffled += torch.stack(shuffled_hsic(grams, permutations)).cpu()
+        for accumulator in others.values():  # before the Grams are consumed below
+            accumulator.update_grams(grams)
         accumulators["cka"].update_grams(grams, consume=directions is None)
         if directions is not None:  # one stack of Grams at a time besides `grams`: K - qq^T in place
             q = torch.cat(projections).to(torch.float64)
@@ -146,7 +155,7 @@ def model_cka(
     first_pass = sum(len(b) for b in batches[:per_pass])
     return ModelCKA(
         names=[list(n) for n in layer_names],
-        joint={v: acc.compute() for v, acc in accumulators.items()},
+        joint={**{v: acc.compute() for v, acc in accumulators.items()}, **{m: acc.compute() for m, acc in others.items()}},
         accuracy=[c / first_pass for c in correct],
         batches=len(batches),
         num_examples=len(images),

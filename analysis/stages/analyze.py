@@ -144,6 +144,7 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
         [m.model for m in models], names, images, targets, batch_size=options.batch_size, passes=options.passes,
         seed=options.seed, model_labels=[m.label for m in models],
         directions=None if pcs is None else [pc.directions for pc in pcs], progress=progress, bf16=options.bf16,
+        measures=options.measures, rbf_fraction=options.rbf_fraction, knn_k=options.knn_k,
     )
     reports = []
     for i, m in enumerate(models):
@@ -151,6 +152,7 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
         report = ModelReport(label=m.label, names=names[i], cka=joint.within(i), blocks=found,
                              metrics={**base_metrics(found, len(names[i]), joint.accuracy[i]), **joint.sanity,
                                       **shuffled_metrics(joint.shuffled_of(i))})
+        report.measures = {measure: joint.within(i, measure) for measure in options.measures if measure != "linear_cka"}
         if (fit := fit_to_training_set(m.info.train_accuracy, m.label)) is not None:
             report.metrics[c.FITS_TRAINING_SET_METRIC] = fit
         if pcs is not None:
@@ -278,6 +280,10 @@ def _log(reports: Sequence[ModelReport], histories: Sequence[History | None], lo
                 out = Path(tmp) / c.cross_dir(a.label, b.label)
                 write_matrix(out, c.MATRIX, joint.cross(i, j), a.names, b.names)
                 write_heatmap(out, c.HEATMAP, joint.cross(i, j), a.names, b.names, title=f"{a.label} (y) vs {b.label} (x)")
+                for measure in a.measures:
+                    write_matrix(out / c.MEASURES_DIR, measure, joint.cross(i, j, measure), a.names, b.names)
+                    write_heatmap(out / c.MEASURES_DIR, measure, joint.cross(i, j, measure), a.names, b.names,
+                                  title=f"{a.label} (y) vs {b.label} (x): {measure}", bar_label=measure)
             mlflow.log_artifacts(tmp)
     return run_ids
 

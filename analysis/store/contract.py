@@ -184,6 +184,7 @@ PC1_SHARE_FILE = "pc1_share.png"
 PROBES_FILE = "probes.png"
 DELETION_FILE = "deletion.png"
 DOMINANT_DIR = "dominant"  # under CKA_DIR
+MEASURES_DIR = "measures"  # under CKA_DIR (and each cross dir): <measure>.npy and <measure>.png of measures besides linear CKA
 DOMINANT_OVERLAP = "overlap"  # .npy and .png
 DOMINANT_SHARES_FILE = "shares.npy"  # layers x examples
 DOMINANT_TOP_FILE = "top.csv"
