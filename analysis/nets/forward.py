@@ -31,13 +31,37 @@ def as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 @contextlib.contextmanager
 def tapped(model: torch.nn.Module, names: Sequence[str], on_output: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
     """While open, every forward pass calls on_output(i, output) for layer names[i]. Whatever
-    on_output returns is dropped: the layer's output passes on unchanged."""
+    on_output returns is dropped: the layer's output passes on unchanged.
+
+    Guards against what silently breaks other CKA tools:
+    - on_output runs inside the layer's hook, before any later operation: an in-place op after the
+      layer (ReLU(inplace=True)) cannot change what it sees; a caller that keeps the tensor past
+      the hook must clone it (what it keeps is the layer's output, not a copy);
+    - a layer whose output is a tuple or list (a transformer block) hands on its first tensor;
+    - a module that runs more than once in one forward pass (one ReLU reused at several places)
+      is refused by name, since its "output" would be whichever call came last;
+    - a requested layer that does not run in a forward pass is refused by name (a module defined
+      but never called, as in an exported graph)."""
+    calls = [0] * len(names)
 
     def hook_for(i: int):
         def hook(_module, _inputs, output) -> None:
-            on_output(i, output)
+            calls[i] += 1
+            if calls[i] > 1:
+                raise ValueError(f"layer {names[i]!r} ran {calls[i]} times in one forward pass (one module used at "
+                                 "several places); give each place its own module, or leave it out of the layers")
+            on_output(i, _first_tensor(output, names[i]))
 
         return hook
+
+    def start(*_args) -> None:
+        calls[:] = [0] * len(names)
+
+    def finish(*_args) -> None:
+        silent = [name for name, count in zip(names, calls) if count == 0]
+        if silent:
+            raise ValueError(f"layer(s) {', '.join(map(repr, silent[:5]))} did not run in the forward pass (defined but "
+                             "never called); pick layers that compute the output")
 
     handles = []
     try:
@@ -47,10 +71,23 @@ def tapped(model: torch.nn.Module, names: Sequence[str], on_output: Callable[[in
             except AttributeError:
                 raise ValueError(f"layer {name!r} is not in the model") from None
             handles.append(module.register_forward_hook(hook_for(i)))
+        if names:
+            handles.append(model.register_forward_pre_hook(start))
+            handles.append(model.register_forward_hook(finish))
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def _first_tensor(output, name: str) -> torch.Tensor:
+    """A layer's output, or the first tensor of a tuple or list output (a transformer block's hidden states)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for item in output if isinstance(output, (tuple, list)) else ():
+        if isinstance(item, torch.Tensor):
+            return item
+    raise ValueError(f"layer {name!r} outputs {type(output).__name__}, not a tensor or a tuple holding one")
 
 
 @contextlib.contextmanager
