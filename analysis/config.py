@@ -170,7 +170,7 @@ class AnalysisOptions:
     batches of 256, 10 reshuffled passes; probes on 2x2 max-pooled features."""
 
     analyses: tuple[str, ...] = ("cka", "pc")
-    layers: str = "all"
+    layers: str = "all"  # all, blocks, or a comma list of name patterns ("stage3.*.relu"); nets.layer_names
     num_examples: int = 10_000  # 0: the whole test set
     batch_size: int = 256
     passes: int = 10
@@ -197,7 +197,7 @@ class AnalysisOptions:
             raise ValueError(f"measures={','.join(self.measures)!r} has unknown names {sorted(unknown)}; "
                              f"use a comma list of {', '.join(MEASURES)}")
         _check(self, [
-            (self.layers in LAYER_SETS, "layers", f"one of {', '.join(LAYER_SETS)}"),
+            (bool(self.layers.strip()), "layers", f"one of {', '.join(LAYER_SETS)}, list, or a comma list of name patterns"),
             (self.num_examples >= 0, "num_examples", "an integer >= 0 (0: the whole test set)"),
             (self.batch_size >= MIN_HSIC_BATCH, "batch_size", f"an integer >= {MIN_HSIC_BATCH} (unbiased HSIC; the paper: 256)"),
             (self.num_examples == 0 or self.num_examples >= MIN_HSIC_BATCH, "num_examples", f"0 or an integer >= {MIN_HSIC_BATCH}"),

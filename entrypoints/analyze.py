@@ -12,7 +12,9 @@ import argparse
 import sys
 
 from analysis.config import ANALYSES, BATCHNORM_MODES, LAYER_SETS, MEASURES, PRECISIONS, PROBE_TRAIN, AnalysisOptions, parse_values
+from analysis.nets import layer_names
 from analysis.stages.analyze import analyze_stage
+from analysis.store.model_files import load_model
 from analysis.store.lookup import split_uris, uris_matching
 from entrypoints.common import AUTO, Parser, add_data_dir, check_where, number, run_main, unless, whole_number
 
@@ -23,7 +25,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=unless("none", ""), default="none", help="comma-separated models:/NAME/VERSION or models:/NAME@ALIAS")
     p.add_argument("--search", type=unless("none", ""), default="none", help="registry filter, e.g. \"name='cifar10-resnet20-w1' and tags.data_fraction='1'\"")
     p.add_argument("--analyses", default=",".join(d.analyses), help=f"comma list of {', '.join(ANALYSES)}")
-    p.add_argument("--layers", default=d.layers, choices=LAYER_SETS)
+    p.add_argument("--layers", default=d.layers,
+                   help=f"{', '.join(LAYER_SETS)}, a comma list of name patterns (stage3.*.relu,logits), or list: "
+                        "print each model's layer names and exit")
     p.add_argument("--num_examples", type=whole_number, default=d.num_examples, help="test examples analysed (0: all)")
     p.add_argument("--batch_size", type=whole_number, default=d.batch_size)
     p.add_argument("--passes", type=whole_number, default=d.passes)
@@ -71,6 +75,12 @@ def main(args: argparse.Namespace) -> None:
     )
     check_where(args.device, args.data_dir, args.dataset)
     uris = model_uris(args.models, args.search)
+    if args.layers.strip() == "list":
+        for uri in uris:
+            config = load_model(uri).config
+            print(f"{uri}: layers=all ({len(layer_names(config))}): {', '.join(layer_names(config))}")
+            print(f"{uri}: layers=blocks ({len(layer_names(config, 'blocks'))}): {', '.join(layer_names(config, 'blocks'))}")
+        return
     outcome = analyze_stage(uris, options, args.dataset, args.data_dir, args.device)
     print(f"analysed {len(uris)} model(s) on {outcome.joint.num_examples} test images "
           f"({', '.join(options.analyses)}): run {outcome.run_id}")

@@ -206,3 +206,23 @@ def test_further_measures_are_logged_beside_linear_cka_from_the_same_batches(sto
     parent = next(r for r in runs_of("analyze") if c.ANALYSIS_MODELS in r.data.tags)
     cross = [f.path for f in MlflowClient().list_artifacts(parent.info.run_id, c.CROSS_DIR)][0]
     assert artifact(parent.info.run_id, f"{cross}/{c.MEASURES_DIR}/mutual_knn.npy").shape == (9, 9)
+
+
+def test_layers_by_name_pattern_and_the_list_of_names(store, capsys):
+    version = register_model(20, 0.25, 0)
+    capsys.readouterr()
+    assert run_analyze("--models", uri(version), "--layers", "list") == 0
+    printed = capsys.readouterr().out
+    assert f"{uri(version)}: layers=all (" in printed and "stage2.block3.relu" in printed and "logits" in printed
+    assert not runs_of("analyze")  # listing analyses nothing
+
+    assert run_analyze("--models", uri(version), "--layers", "stage2.*.relu, logits", "--analyses", "cka") == 0
+    child = next(r for r in runs_of("analyze") if r.data.tags.get(c.ANALYSIS_MODEL_URI))
+    summary = json.loads(artifact(child.info.run_id, f"{c.CKA_DIR}/{c.SUMMARY_FILE}"))
+    assert summary["layer_names"] == ["stage2.block1.relu", "stage2.block2.relu", "stage2.block3.relu", "logits"]
+    assert artifact(child.info.run_id, f"{c.CKA_DIR}/cka.npy").shape == (4, 4)
+
+    capsys.readouterr()
+    assert run_analyze("--models", uri(version), "--layers", "stage9.*") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "layers='stage9.*': 'stage9.*' matches no layer of this network" in err[0] and "layers=list" in err[0]

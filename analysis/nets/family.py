@@ -18,7 +18,8 @@ So adding a family is adding one module to nets/families/.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Literal
+import fnmatch
+from typing import Callable
 
 from torch import nn
 
@@ -146,22 +147,30 @@ def residual_blocks(config: ModelConfig, identity_only: bool = False) -> list[st
     ]
 
 
-def layer_names(config: ModelConfig, which: Literal["all", "blocks"] = "all") -> list[str]:
+def layer_names(config: ModelConfig, which: str = "all") -> list[str]:
     """The layers the paper compares, in forward order.
 
     "all": every stem layer, every conv, BN, ReLU and residual add, the pooled features and the
     logits (9 + 21n for the CIFAR family of depth 6n+2).
     "blocks": the output (final ReLU) of each residual block (3n for the CIFAR family).
+    Anything else: a comma list of shell-style patterns over the names of "all" ("stage3.*.relu",
+    "stem.*,logits"), the matches in forward order; a pattern that matches nothing is refused.
     """
     if which == "blocks":
         return [f"{b}.relu" for b in residual_blocks(config)]
-    if which != "all":
-        raise ValueError(f"layers={which!r} is not one of 'all', 'blocks'")
     names = [f"stem.{n}" for n in config.family.stem_layers]
     for stage, count in enumerate(config.stage_blocks, start=1):
         for block in range(1, count + 1):
             names += block_layer_names(config, stage, block)
-    return names + ["pool", "logits"]
+    names += ["pool", "logits"]
+    if which == "all":
+        return names
+    patterns = [p.strip() for p in which.split(",") if p.strip()]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise ValueError(f"layers={which!r}: {pattern!r} matches no layer of this network ({names[0]}, {names[1]}, ..., "
+                             f"{names[-1]}); -P layers=list prints them all")
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
 def probe_layers(config: ModelConfig) -> list[str]:

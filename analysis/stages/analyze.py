@@ -81,6 +81,8 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
               "dataset": dataset, "data_dir": data_dir, "device": device}
     with stage_run("analyze", run_name or f"analyze-{len(uris)}-models", params) as run:
         loaded = [load_model(uri, resolve_device(device)) for uri in uris]
+        for m in loaded:  # a layer pattern that matches nothing is refused before any data is read
+            layer_names(m.config, options.layers)
         trained = check_dataset(loaded, dataset)
         data = trained.load(data_dir)
         examples = example_indices(len(data.test_x), options)
