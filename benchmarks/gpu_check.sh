@@ -69,6 +69,7 @@ if $dry; then
   train_args="--models 8x0.5 --examples 256 --test-examples 100 --repeats 1"
   pack_args=("--models 8x0.5 --pack 1,3 --examples 256 --test-examples 100 --repeats 1")
   cka_args="--depth 8 --width 0.5 --batches 1 --batch-size 64 --repeats 1 --threads 2"
+  measures_args="--depth 8 --width 0.5 --batches 1 --batch-size 64 --repeats 1 --threads 2"
 else
   device=cuda preset=gpu out=${GPU_CHECK_OUT:-docs/gpu-results.md}
   tests_cap=150
@@ -78,6 +79,7 @@ else
   pack_args=("--models 20x1,56x1 --pack 1,10 --examples 12800 --test-examples 10000 --repeats 3"
              "--models 20x8 --pack 1,2 --examples 12800 --test-examples 10000 --repeats 3")
   cka_args="--depth 56 --layers all --batches 4 --threads 16"
+  measures_args="--depth 56 --batches 4 --threads 16"
 fi
 gpu=$("$python" -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'none (CPU dry run)')")
 
@@ -108,6 +110,8 @@ end() { printf '```\n'; }
   section "c. the CKA engine against pytorch-cka"
   capped 90 cka "$python" benchmarks/cka.py --device "$device" $cka_args || true
   cat "$logs/cka.log"
+  capped 60 measures "$python" benchmarks/measures.py --device "$device" $measures_args || true
+  cat "$logs/measures.log"
   end
 
   section "d. study preset '$preset' on $device"

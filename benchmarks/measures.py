@@ -33,7 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--depth", type=int, default=56)
     p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--batches", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)

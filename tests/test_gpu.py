@@ -13,7 +13,9 @@ import torch
 from analysis.config import Grid, TrainConfig
 from analysis.device import peak_flops
 from analysis.training import auto_pack_size
-from analysis.nets import ModelConfig, build_model, layer_names
+from analysis.nets import ModelConfig, build_model, layer_names, stream
+from analysis.science.cka import gram
+from analysis.science.measures import MeasureAccumulator
 from analysis.science.similarity import float64_cka, model_cka, pass_batches
 from entrypoints import analyze, compare, predictions, study, sweep, train
 from entrypoints.common import run_main
@@ -37,7 +39,8 @@ def test_every_entry_point_runs_once_on_the_device(store):
     assert entry(train, "--depth", "8", "--width", "0.25", "--seed", "2", "--snapshot_every", "1", "--pc1_penalty", "0.5",
                  *TINY) == 0
     assert entry(analyze, "--search", "tags.depth='8'", "--num_examples", "60", "--batch_size", "20", "--passes", "1",
-                 "--analyses", "cka,pc,probes,deletion,dominant", "--probe_examples", "100", "--device", DEVICE) == 0
+                 "--analyses", "cka,pc,probes,deletion,dominant", "--probe_examples", "100", "--device", DEVICE,
+                 "--measures", "linear_cka,linear_cka_biased,rbf_cka,mutual_knn", "--knn_k", "5") == 0
     assert entry(analyze, "--models", "models:/cifar10-resnet8-w0.25@newest", "--history", "true", "--analyses", "dominant",
                  "--num_examples", "60", "--batch_size", "20", "--passes", "1", "--device", DEVICE) == 0
     assert entry(compare) == 0
@@ -75,6 +78,24 @@ def test_cka_on_the_device_matches_the_cpus_float64_within_1e_6():
                           passes=1, progress=False).within(0)
     reference = float64_cka(model.cpu(), names, images, pass_batches(len(images), 50, 1, 0))
     assert np.abs(on_device - reference).max() <= 1e-6
+
+
+def test_every_measure_on_the_device_matches_the_cpus_float64():
+    from analysis.config import MEASURES
+
+    model, names, images = cka_inputs()
+    batches = pass_batches(len(images), 50, 1, 0)
+    on_device = model_cka([model.to(DEVICE)], [names], images, torch.zeros(len(images), dtype=torch.long), batch_size=50,
+                          passes=1, progress=False, measures=MEASURES, knn_k=5)
+    model = model.cpu()
+    for measure in MEASURES[1:]:
+        acc = MeasureAccumulator(measure, names, knn_k=5)
+        for index in batches:
+            grams = torch.empty(len(names), len(index), len(index), dtype=torch.float64)
+            stream(model, images[index], names, lambda i, out, _r: grams.__setitem__(i, gram(out, torch.float64)), batch_size=len(index))
+            acc.update_grams(grams)
+        tolerance = 0.02 if measure == "mutual_knn" else 1e-5  # a neighbour tied in float32 may swap
+        assert np.abs(on_device.within(0, measure) - acc.compute()).max() <= tolerance, measure
 
 
 def test_bf16_activations_stay_close_to_float32():
