@@ -197,7 +197,7 @@ class AnalysisOptions:
             raise ValueError(f"measures={','.join(self.measures)!r} has unknown names {sorted(unknown)}; "
                              f"use a comma list of {', '.join(MEASURES)}")
         _check(self, [
-            (bool(self.layers.strip()), "layers", f"one of {', '.join(LAYER_SETS)}, list, or a comma list of name patterns"),
+            (any(p.strip() for p in self.layers.split(",")), "layers", f"one of {', '.join(LAYER_SETS)}, list, or a comma list of name patterns"),
             (self.num_examples >= 0, "num_examples", "an integer >= 0 (0: the whole test set)"),
             (self.batch_size >= MIN_HSIC_BATCH, "batch_size", f"an integer >= {MIN_HSIC_BATCH} (unbiased HSIC; the paper: 256)"),
             (self.num_examples == 0 or self.num_examples >= MIN_HSIC_BATCH, "num_examples", f"0 or an integer >= {MIN_HSIC_BATCH}"),

@@ -4,6 +4,7 @@ template (creating a store runs schema migrations for seconds; copying the file 
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 import os
 import shutil
 import subprocess
@@ -188,8 +189,8 @@ def entry_run(store, monkeypatch) -> str:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend: str, cwd: Path, *extra: str):
-    """`mlflow server` on a free port of 127.0.0.1 over `backend`; yields its URL once healthy."""
+def serving(command: Callable[[int], list[str]], health: str, cwd: Path | None = None, **env: str):
+    """`python <command(port)>` on a free port of 127.0.0.1; yields its URL once `health` answers."""
     import socket
     import time
     import urllib.request
@@ -197,21 +198,30 @@ def mlflow_server(backend: str, cwd: Path, *extra: str):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", backend, *extra],
-                            cwd=cwd, env=subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+    proc = subprocess.Popen([sys.executable, *command(port)], cwd=cwd, env=subprocess_env(**env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
         while True:
             try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
+                urllib.request.urlopen(f"{url}{health}", timeout=2)
                 break
             except OSError:
-                assert time.time() < deadline and proc.poll() is None, "mlflow server did not start"
+                assert time.time() < deadline and proc.poll() is None, f"{' '.join(command(port)[:4])} did not start"
                 time.sleep(0.5)
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, cwd: Path, *extra: str):
+    """`mlflow server` on a free port of 127.0.0.1 over `backend`; yields its URL once healthy."""
+    def command(port: int) -> list[str]:
+        return ["-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                "--backend-store-uri", backend, *extra]
+
+    with serving(command, "/health", cwd, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false") as url:
+        yield url

@@ -71,7 +71,7 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("analyze", "--models models:/m/1 --num_examples -5", "num_examples=-5 is not allowed", False),
     ("analyze", "--models models:/m/1 --passes 0", "passes=0 is not allowed; use an integer >= 1", False),
     ("analyze", "--models models:/m/1 --analyses pca", "analyses='cka,pca' has unknown names ['pca']", False),
-    ("analyze", "--models models:/m/1 --layers some", "parameter layers: invalid choice: 'some'", False),
+    ("analyze", "--models models:/m/1 --layers ,", "layers=',' is not allowed; use one of all, blocks, list, or a comma list of name patterns", False),
     ("analyze", "--models models:/m/1 --precision fp8", "parameter precision: invalid choice: 'fp8'", False),
     ("analyze", "--models models:/m/1 --pc_iterations 0", "pc_iterations=0 is not allowed", False),
     ("analyze", "--models models:/m/1 --analyses dominant --dominant_top 0", "dominant_top=0 is not allowed", False),

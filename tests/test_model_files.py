@@ -209,42 +209,27 @@ def test_mlflow_models_predict_serves_a_version(store, tmp_path):
 
 @pytest.mark.slow
 def test_the_server_answers_images_with_the_registry_models_logits_and_refuses_every_wrong_payload_with_a_400(store):
-    import socket
-    import subprocess
-    import sys
-    import time
     import urllib.error
     import urllib.request
 
-    from tests.conftest import subprocess_env
+    from tests.conftest import serving
 
     _, version = register_tiny()
     uri = f"models:/cifar10-resnet8-w0.25/{version}"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "-p", str(port), "-h", "127.0.0.1",
-                               "--env-manager", "local"], env=subprocess_env(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def post(payload) -> tuple[int, dict]:
-        body = json.dumps({"inputs": np.asarray(payload).tolist()}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
+    def command(port: int) -> list[str]:
+        return ["-m", "mlflow", "models", "serve", "-m", uri, "-p", str(port), "-h", "127.0.0.1", "--env-manager", "local"]
 
-    try:
-        deadline = time.time() + 120
-        while True:
+    with serving(command, "/ping", MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false") as url:
+        def post(payload) -> tuple[int, dict]:
+            body = json.dumps({"inputs": np.asarray(payload).tolist()}).encode()
+            request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow models serve did not start"
-                time.sleep(0.5)
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    return answer.status, json.loads(answer.read())
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read())
+
         status, answer = post(IMAGES)
         expected = predict_logits(registry.load_model(uri).model, torch.from_numpy(IMAGES)).numpy()
         assert status == 200 and np.allclose(np.array(answer["predictions"], dtype=np.float32), expected, atol=1e-5)
@@ -252,6 +237,3 @@ def test_the_server_answers_images_with_the_registry_models_logits_and_refuses_e
             status, answer = post(payload)
             assert 400 <= status < 500, what
             assert fragment in answer["message"] and "\n" not in answer["message"] and len(answer["message"]) < 300, what
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
