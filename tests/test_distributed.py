@@ -190,7 +190,7 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 def test_the_launcher_owns_its_ranks_when_terminated_or_killed_and_a_rerun_at_once_registers_once(store, tmp_path, monkeypatch):
     cache = tmp_path / "own-cache"
     monkeypatch.setenv("WIDEDEEP_CACHE_DIR", str(cache))
-    command = _train_command("--epochs", "24", "--data_fraction", "0.5")
+    command = _train_command("--epochs", "12", "--data_fraction", "0.5")
     checkpoint = cache / "checkpoints"
 
     def started(launcher: subprocess.Popen, after_epoch: int = 0) -> list[int]:
