@@ -158,12 +158,19 @@ def mark_dead_run(run_id: str) -> None:
         pass  # deleted, or in another store: nothing to mark
 
 
-def held_by_another_live_process(run: Run) -> bool:
-    """Whether the process a run records (tags process.host, process.pid) is another one of this
-    host, and alive."""
+def _other_process_of_this_host(run: Run) -> int | None:
+    """The pid a run records (tags process.host, process.pid) when it is another process of this
+    host; None when it is this process, another host's, or not recorded."""
     pid = run.data.tags.get(PROCESS_PID, "")
-    return (run.data.tags.get(PROCESS_HOST) == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid()
-            and process_alive(int(pid)))
+    if run.data.tags.get(PROCESS_HOST) != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return None
+    return int(pid)
+
+
+def held_by_another_live_process(run: Run) -> bool:
+    """Whether the process a run records is another one of this host, and alive."""
+    pid = _other_process_of_this_host(run)
+    return pid is not None and process_alive(pid)
 
 
 def reap_dead_runs() -> None:
@@ -177,8 +184,8 @@ def reap_dead_runs() -> None:
         return  # a store that cannot be searched yet (fresh, or unreachable): nothing to reap
     client = MlflowClient()
     for run in runs:
-        pid = run.data.tags.get(PROCESS_PID, "")
-        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+        pid = _other_process_of_this_host(run)
+        if pid is not None and not process_alive(pid):
             client.set_terminated(run.info.run_id, status="KILLED")
 
 
