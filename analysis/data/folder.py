@@ -25,13 +25,14 @@ and the warning, which torchvision repeats at every call, is silenced.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import RandomResizedCrop
 
-__all__ = ["FolderImages", "TrainingCrops", "UnreadableImage", "read_image", "check_pixels", "oversize", "evaluation_view", "training_view",
+__all__ = ["FolderImages", "TrainingCrops", "UnreadableImage", "OversizeImage", "read_image", "check_pixels", "oversize", "opened", "evaluation_view", "training_view",
            "take", "DEFAULT_SIZE", "MAX_PIXELS_ENV"]
 
 DEFAULT_SIZE = 224  # the crop side of the ImageNet recipe (image_size=0)
@@ -60,24 +61,38 @@ class UnreadableImage(ValueError):
     """A file of the data folder that no decoder can read, or one too large to decode; the message names it."""
 
 
-def oversize(path: str | os.PathLike) -> str | None:
-    """Why the image at `path` is too large to decode (more than PIL's `Image.MAX_IMAGE_PIXELS`),
-    read from its header alone; None when it is not."""
+@contextlib.contextmanager
+def opened(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """PIL's lazily opened image (its header read, nothing decoded), or OversizeImage when its size
+    is over PIL's `Image.MAX_IMAGE_PIXELS`: the one pixel check of both decode paths."""
     limit = Image.MAX_IMAGE_PIXELS
-    if not limit:
-        return None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:  # reads the header, decodes nothing
-                width, height = im.size
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # this check replaces PIL's warning
+            im = Image.open(path)
     except Image.DecompressionBombError:
-        return f"more than twice the limit of {limit:,} pixels ({MAX_PIXELS_ENV})"
+        raise OversizeImage(f"more than twice the limit of {limit:,} pixels ({MAX_PIXELS_ENV})") from None
+    with im:
+        width, height = im.size
+        if limit and width * height > limit:
+            raise OversizeImage(f"{width} x {height} pixels, more than the limit of {limit:,} ({MAX_PIXELS_ENV})")
+        yield im
+
+
+class OversizeImage(ValueError):
+    """An image over the pixel limit; the message says its size and the limit."""
+
+
+def oversize(path: str | os.PathLike) -> str | None:
+    """Why the image at `path` is too large to decode, read from its header alone; None when it is
+    not, or when PIL does not identify the format (the decoder then decides whether it can be read)."""
+    try:
+        with opened(path):
+            return None
+    except OversizeImage as err:
+        return str(err)
     except (OSError, ValueError):
-        return None  # a format PIL does not identify: the decoder decides whether it can be read
-    if width * height <= limit:
         return None
-    return f"{width} x {height} pixels, more than the limit of {limit:,} ({MAX_PIXELS_ENV})"
 
 
 def check_pixels(path: str | os.PathLike) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .folder import DEFAULT_SIZE, FolderImages, oversize
+from .folder import DEFAULT_SIZE, FolderImages, opened
 from .tensors import ImageData
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "imagenet")
@@ -141,7 +141,7 @@ def _load_image_folder(name: str, root: Path) -> ImageData:
     splits, classes = _list_image_folder(name, root)
 
     skip = os.environ.get(SKIP_BAD_IMAGES_ENV, "") not in ("", "0", "false")
-    listing = json.dumps({s: [(c, str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for c, p in f]
+    listing = json.dumps({s: [(c, str(p.relative_to(root)), (st := p.stat()).st_size, st.st_mtime_ns) for c, p in f]
                           for s, f in splits.items()})  # a replaced file decodes anew
     key = hashlib.sha256(f"{name}|{root.resolve()}|{listing}|skip={skip}".encode()).hexdigest()[:16]
 
@@ -182,19 +182,14 @@ def _list_images(split_root: Path) -> list[tuple[str, Path]]:
 def _decode_files(files: list[tuple[str, Path]]) -> tuple[list[torch.Tensor], list[str], list[tuple[Path, str]]]:
     """(images as uint8 (3, H, W), their class names, [(path, reason)] of the files that failed)."""
     import numpy as np
-    from PIL import Image
 
     images, names, failures = [], [], []
     for class_name, path in files:
-        too_large = oversize(path)
-        if too_large:
-            failures.append((path, too_large))
-            continue
         try:
-            with Image.open(path) as im:  # convert() reads the whole file: truncation shows here
+            with opened(path) as im:  # the pixel limit from the header, then convert() reads the whole file
                 images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous())
             names.append(class_name)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
+        except (OSError, ValueError) as err:  # unreadable, truncated, or over the pixel limit (OversizeImage)
             failures.append((path, str(err).splitlines()[0] if str(err) else type(err).__name__))
     return images, names, failures
 
