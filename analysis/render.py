@@ -53,9 +53,10 @@ def write_model_report(directory: Path, report: ModelReport, summary: ModelSumma
     what the report found)."""
     names, label = report.names, report.label
     spans = [(b.start, b.end) for b in report.blocks]
-    accuracy = report.metrics[c.ANALYSIS_ACCURACY]
+    accuracy = report.metrics.get(c.ANALYSIS_ACCURACY)
+    tested = "?" if accuracy is None else f"{accuracy:.3f}"
     trained = "?" if train_accuracy is None else f"{train_accuracy:.3f}"
-    subtitle = (f"test acc {accuracy:.3f} · train acc {trained} · {len(report.blocks)} block(s) · "
+    subtitle = (f"test acc {tested} · train acc {trained} · {len(report.blocks)} block(s) · "
                 f"BatchNorm: {summary.batchnorm or 'running'} statistics")
     if report.metrics.get(c.FITS_TRAINING_SET_METRIC) == 0:
         subtitle += " · UNDER-TRAINED"

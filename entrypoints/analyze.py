@@ -1,5 +1,6 @@
-"""`mlflow run . -e analyze`: layer-by-layer CKA of registered models, block structure, and the
-analyses that explain it (PC1, linear probes, block deletion).
+"""`mlflow run . -e analyze`: layer-by-layer CKA of registered models, or of any PyTorch vision
+model (torchvision, timm, a builder of your own, an MLflow pytorch-flavor model: README, "Your own
+models"), block structure, and the analyses that explain it (PC1, linear probes, block deletion).
 
 Logs one run per analysed model (tag `analysis.model_uri`; with several models they are nested
 under this run, which also holds the cross-model heatmaps), and tags each model version with its
@@ -9,12 +10,13 @@ metrics and the analysis run id.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from analysis.config import ANALYSES, BATCHNORM_MODES, LAYER_SETS, MEASURES, PRECISIONS, PROBE_TRAIN, AnalysisOptions, parse_values
-from analysis.nets import layer_names
 from analysis.stages.analyze import analyze_stage
-from analysis.store.model_files import load_model
+from analysis.store.model_files import LoadedModel
+from analysis.store.sources import load_source
 from analysis.store.lookup import split_uris, uris_matching
 from entrypoints.common import AUTO, Parser, add_data_dir, check_where, number, run_main, unless, whole_number
 
@@ -22,7 +24,9 @@ from entrypoints.common import AUTO, Parser, add_data_dir, check_where, number, 
 def parser() -> argparse.ArgumentParser:
     d = AnalysisOptions()
     p = Parser(description=__doc__)
-    p.add_argument("--models", type=unless("none", ""), default="none", help="comma-separated models:/NAME/VERSION or models:/NAME@ALIAS")
+    p.add_argument("--models", type=unless("none", ""), default="none", help="comma-separated models:/NAME/VERSION, models:/NAME@ALIAS, torchvision:ARCH, timm:ARCH or "
+                        "python:MODULE:CALLABLE, each optionally ending ?KEY=VALUE&... (weights, input_size, mean, std, "
+                        "the builder's arguments)")
     p.add_argument("--search", type=unless("none", ""), default="none", help="registry filter, e.g. \"name='cifar10-resnet20-w1' and tags.data_fraction='1'\"")
     p.add_argument("--analyses", default=",".join(d.analyses), help=f"comma list of {', '.join(ANALYSES)}")
     p.add_argument("--layers", default=d.layers,
@@ -65,6 +69,18 @@ def model_uris(models: str, search: str) -> list[str]:
     return list(dict.fromkeys(uris))  # de-duplicated, in order
 
 
+def print_layers(m: LoadedModel) -> None:
+    """The layer sets of a model, and for a model from outside the project every layer that runs
+    (what patterns match; NAME@K is the K-th call of a module run several times)."""
+    sets = {"all": m.layer_names("all")}
+    with contextlib.suppress(ValueError):  # a network without repeated blocks has no "blocks"
+        sets["blocks"] = m.layer_names("blocks")
+    if m.layers is not None:
+        sets["every layer that runs"] = m.layers.order
+    for which, names in sets.items():
+        print(f"{m.uri}: layers={which} ({len(names)}): {', '.join(names)}")
+
+
 def main(args: argparse.Namespace) -> None:
     options = AnalysisOptions(
         analyses=AnalysisOptions.parse_analyses(args.analyses), layers=args.layers, num_examples=args.num_examples,
@@ -77,9 +93,7 @@ def main(args: argparse.Namespace) -> None:
     uris = model_uris(args.models, args.search)
     if args.layers.strip() == "list":
         for uri in uris:
-            config = load_model(uri).config
-            print(f"{uri}: layers=all ({len(layer_names(config))}): {', '.join(layer_names(config))}")
-            print(f"{uri}: layers=blocks ({len(layer_names(config, 'blocks'))}): {', '.join(layer_names(config, 'blocks'))}")
+            print_layers(load_source(uri))
         return
     outcome = analyze_stage(uris, options, args.dataset, args.data_dir, args.device)
     print(f"analysed {len(uris)} model(s) on {outcome.joint.num_examples} test images "

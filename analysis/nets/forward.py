@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..data import to_float
 from ..device import activation_precision, flat_features
 
-__all__ = ["as_input", "tapped", "batch_statistics", "stream", "feature_widths", "predict_logits", "score_logits", "evaluate"]
+__all__ = ["as_input", "CALL_MARK", "split_call", "tapped", "batch_statistics", "stream", "feature_widths", "predict_logits", "score_logits", "evaluate"]
 
 OnOutput = Callable[[int, torch.Tensor, slice], None]
 
@@ -28,49 +28,68 @@ def as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return to_float(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
 
 
+CALL_MARK = "@"  # 'layer1.0.relu@2': the second call of a module that runs several times per forward pass
+
+
+def split_call(name: str) -> tuple[str, int | None]:
+    """'layer1.0.relu@2' -> ('layer1.0.relu', 2); a plain name -> (name, None), its only call."""
+    module, mark, call = name.rpartition(CALL_MARK)
+    return (module, int(call)) if mark and call.isdigit() and int(call) >= 1 else (name, None)
+
+
 @contextlib.contextmanager
 def tapped(model: torch.nn.Module, names: Sequence[str], on_output: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
-    """While open, every forward pass calls on_output(i, output) for layer names[i]. Whatever
-    on_output returns is dropped: the layer's output passes on unchanged.
+    """While open, every forward pass calls on_output(i, output) for layer names[i]: a module's
+    name, or 'NAME@K' for the K-th call (from 1) of a module that runs several times in one pass.
+    Whatever on_output returns is dropped: the layer's output passes on unchanged.
 
     Guards against what silently breaks other CKA tools:
     - on_output runs inside the layer's hook, before any later operation: an in-place op after the
       layer (ReLU(inplace=True)) cannot change what it sees; a caller that keeps the tensor past
       the hook must clone it (what it keeps is the layer's output, not a copy);
     - a layer whose output is a tuple or list (a transformer block) hands on its first tensor;
-    - a module that runs more than once in one forward pass (one ReLU reused at several places)
-      is refused by name, since its "output" would be whichever call came last;
+    - a module that runs more than once in one forward pass (torchvision's BasicBlock calls one
+      ReLU twice) is refused by its plain name, since its "output" would be whichever call came
+      last; each call can be named instead (NAME@1, NAME@2);
     - a requested layer that does not run in a forward pass is refused by name (a module defined
       but never called, as in an exported graph)."""
-    calls = [0] * len(names)
+    wanted: dict[str, dict[int | None, int]] = {}  # module -> {call: index in names}
+    for i, name in enumerate(names):
+        module, call = split_call(name)
+        wanted.setdefault(module, {})[call] = i
+    calls = dict.fromkeys(wanted, 0)
 
-    def hook_for(i: int):
+    def hook_for(module: str):
         def hook(_module, _inputs, output) -> None:
-            calls[i] += 1
-            if calls[i] > 1:
-                raise ValueError(f"layer {names[i]!r} ran {calls[i]} times in one forward pass (one module used at "
-                                 "several places); give each place its own module, or leave it out of the layers")
-            on_output(i, _first_tensor(output, names[i]))
+            calls[module] += 1
+            k = calls[module]
+            if None in wanted[module] and k > 1:
+                raise ValueError(f"layer {module!r} ran {k} times in one forward pass (one module used at several places); "
+                                 f"name each call ({module}@1, {module}@2, ...) or leave it out of the layers")
+            i = wanted[module].get(k, wanted[module].get(None) if k == 1 else None)
+            if i is not None:
+                on_output(i, _first_tensor(output, names[i]))
 
         return hook
 
     def start(*_args) -> None:
-        calls[:] = [0] * len(names)
+        for module in calls:
+            calls[module] = 0
 
     def finish(*_args) -> None:
-        silent = [name for name, count in zip(names, calls) if count == 0]
+        silent = [name for name in names if calls[split_call(name)[0]] < (split_call(name)[1] or 1)]
         if silent:
             raise ValueError(f"layer(s) {', '.join(map(repr, silent[:5]))} did not run in the forward pass (defined but "
-                             "never called); pick layers that compute the output")
+                             "never called, or called fewer times); pick layers that compute the output")
 
     handles = []
     try:
-        for i, name in enumerate(names):
+        for module in wanted:
             try:
-                module = model.get_submodule(name)
+                target = model.get_submodule(module)
             except AttributeError:
-                raise ValueError(f"layer {name!r} is not in the model") from None
-            handles.append(module.register_forward_hook(hook_for(i)))
+                raise ValueError(f"layer {module!r} is not in the model") from None
+            handles.append(target.register_forward_hook(hook_for(module)))
         if names:
             handles.append(model.register_forward_pre_hook(start))
             handles.append(model.register_forward_hook(finish))

@@ -47,6 +47,7 @@ class ModelReport:
     pc1_residual: np.ndarray | None = None
     probe_names: list[str] | None = None
     probe_accuracy: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # train set -> per probe layer
+    probe_outputs: list[str] = dataclasses.field(default_factory=list)  # the probe layers that are block outputs
     deletion: dict[str, float] | None = None  # block -> accuracy with it deleted
     measures: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # further similarity measures (measures.py)
     dominant: Dominant | None = None
@@ -80,10 +81,10 @@ def explanation_metrics(report: ModelReport) -> dict[str, float]:
             out[c.BLOCK_MEAN_CKA_WITHOUT_PC1] = mean_off_diagonal(report.cka_without_pc1, largest.start, largest.end)
     if report.probe_accuracy and largest:
         acc = dict(zip(report.probe_names, next(iter(report.probe_accuracy.values()))))
-        inside = [n for n in report.probe_names if n.endswith(".relu") and n in names[largest.start : largest.end + 1]]
+        inside = [n for n in report.probe_names if n in report.probe_outputs and n in names[largest.start : largest.end + 1]]
         if len(inside) >= 2:
             out[c.PROBE_GAIN_IN_BLOCK] = acc[inside[-1]] - acc[inside[0]]
-    if report.deletion is not None:
+    if report.deletion is not None and c.ANALYSIS_ACCURACY in report.metrics:
         base = report.metrics[c.ANALYSIS_ACCURACY]
         drops = np.array([base - a for a in report.deletion.values()])
         mask = layers_in_blocks(found, names, [f"{b}.relu" for b in report.deletion])

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from ..config import MIN_HSIC_BATCH, AnalysisOptions, snapshot_epochs
 from ..data import ImageData, take
 from ..device import resolve_device
-from ..nets import batch_statistics, layer_names, probe_layers
+from ..nets import batch_statistics, probe_layers
 from ..render import write_heatmap, write_history, write_matrix, write_model_report
 from ..science.blocks import find_blocks
 from ..science.deletion import deletion_accuracy
@@ -58,7 +58,8 @@ from ..store.datasets import log_analysed_examples
 from ..store.summary import ModelSummary
 from ..store.versions import tag_value, version_description
 from .train import cell_label
-from ..store.model_files import LoadedModel, TrainedData, build_with_weights, load_model, trained_data, training_snapshots
+from ..store.model_files import LoadedModel, TrainedData, build_with_weights, trained_data, training_snapshots
+from ..store.sources import load_source
 from ..store.tracking import describe, stage_run
 
 __all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "History", "example_indices", "check_dataset"]
@@ -80,9 +81,12 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
     params = {**dataclasses.asdict(options), "analyses": ",".join(options.analyses), "models": ",".join(uris),
               "dataset": dataset, "data_dir": data_dir, "device": device}
     with stage_run("analyze", run_name or f"analyze-{len(uris)}-models", params) as run:
-        loaded = [load_model(uri, resolve_device(device)) for uri in uris]
+        loaded = distinct_labels([load_source(uri, resolve_device(device)) for uri in uris])
         for m in loaded:  # a layer pattern that matches nothing is refused before any data is read
-            layer_names(m.config, options.layers)
+            m.layer_names(options.layers)
+            if options.history and m.config is None:
+                raise ValueError(f"history=true: {m.uri} is not one of this project's versions, so no training snapshots "
+                                 "were kept for it; analyse it with history=false")
         trained = check_dataset(loaded, dataset)
         data = trained.load(data_dir)
         examples = example_indices(len(data.test_x), options)
@@ -101,15 +105,34 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
 
 
 def check_dataset(loaded: Sequence[LoadedModel], requested: str = "") -> TrainedData:
-    """The one dataset, image size and pipeline all `loaded` models were trained on (the dataset
-    `requested`, if given)."""
-    trained = trained_data([m.tags for m in loaded])
+    """The one dataset, image size and pipeline all of this project's `loaded` models were trained
+    on (the dataset `requested`, if given); models from outside the project record none, and are
+    analysed on it as they declare their input. Without any of this project's models, the dataset
+    must be `requested`, and is read as stored."""
+    ours = [m for m in loaded if m.config is not None]
+    if not ours:
+        if not requested:
+            raise ValueError("none of the models records the dataset it was trained on; name the images to analyse "
+                             "them on with -P dataset=cifar10 (or another dataset, with -P data_dir=...)")
+        return TrainedData(requested, 0, requested == "imagenet")
+    trained = trained_data([m.tags for m in ours])
     if requested and requested != trained.dataset:
         raise ValueError(f"dataset={requested!r} but the models were trained on {trained.dataset!r}; leave dataset empty "
                          "or pick matching models")
-    if {m.config.num_classes for m in loaded} != {loaded[0].config.num_classes}:
+    if {m.config.num_classes for m in ours} != {ours[0].config.num_classes}:
         raise ValueError("the models have different numbers of classes; analyse them separately")
     return trained
+
+
+def distinct_labels(loaded: list[LoadedModel]) -> list[LoadedModel]:
+    """The models, those whose labels repeat (one architecture, two weights files) numbered: each
+    model's runs and cross-model folders are named by its label."""
+    seen: dict[str, int] = {}
+    out = []
+    for m in loaded:
+        seen[m.label] = seen.get(m.label, 0) + 1
+        out.append(dataclasses.replace(m, name=f"{m.name}-{seen[m.label]}") if seen[m.label] > 1 else m)
+    return out
 
 
 def example_indices(num_test: int, options: AnalysisOptions) -> torch.Tensor:
@@ -123,8 +146,9 @@ def analyze_models(models: Sequence[LoadedModel], data: ImageData, options: Anal
     """Run the chosen analyses on every model (training snapshots with `snapshot`), BatchNorm in
     the options' mode for them (AnalysisOptions.bn_mode). Returns one report per model and the
     joint CKA (whose cross blocks compare the models pairwise)."""
-    if data.num_classes != models[0].config.num_classes:
-        raise ValueError(f"dataset {data.name!r} has {data.num_classes} classes but the models predict {models[0].config.num_classes}")
+    for m in models:
+        if m.config is not None and data.num_classes != m.config.num_classes:
+            raise ValueError(f"dataset {data.name!r} has {data.num_classes} classes but {m.label} predicts {m.config.num_classes}")
     with contextlib.ExitStack() as modes:
         if options.bn_mode(snapshot) == "batch":
             for m in models:
@@ -136,7 +160,7 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
              progress: bool | None, snapshot: bool) -> tuple[list[ModelReport], ModelCKA]:
     examples = example_indices(len(data.test_x), options)
     images, targets = take(data.test_x, examples), data.test_y[examples]
-    names = [layer_names(m.config, options.layers) for m in models]
+    names = [m.layer_names(options.layers) for m in models]
 
     pcs = None
     if "pc" in options.analyses:
@@ -154,6 +178,8 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
         report = ModelReport(label=m.label, names=names[i], cka=joint.within(i), blocks=found,
                              metrics={**base_metrics(found, len(names[i]), joint.accuracy[i]), **joint.sanity,
                                       **shuffled_metrics(joint.shuffled_of(i))})
+        if m.num_classes != data.num_classes:  # an outside model's own classes (ImageNet's 1000): no accuracy here
+            del report.metrics[c.ANALYSIS_ACCURACY]
         report.measures = {measure: joint.within(i, measure) for measure in options.measures if measure != "linear_cka"}
         if (fit := fit_to_training_set(m.info.train_accuracy, m.label)) is not None:
             report.metrics[c.FITS_TRAINING_SET_METRIC] = fit
@@ -166,8 +192,8 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
             if found and not snapshot:  # the causal test costs two more CKA runs: final models only
                 _without_dominant(report, m, images, targets, options, progress)
         if "probes" in options.analyses:
-            report.probe_names = probe_layers(m.config)
-            for train_set in (("subset", "full") if options.probe_train == "both" else (options.probe_train,)):
+            report.probe_names, report.probe_outputs = _probed(m, names[i])
+            for train_set in _probe_sets(m, options.probe_train):
                 index = probe_training_indices(data.train_y, train_set, m.info.data_fraction or 1.0,
                                                int(m.training.get("subset_seed", 0)), m.info.subset_hash,
                                                options.probe_examples, m.uri)
@@ -175,15 +201,39 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
                                     pool=options.probe_pool, progress=progress, bf16=options.bf16)
                 report.probe_accuracy[train_set] = probe_accuracy(m.model, probes, images, targets, progress=progress,
                                                                   bf16=options.bf16)
-        if "deletion" in options.analyses:
+        if "deletion" in options.analyses and m.config is not None and c.ANALYSIS_ACCURACY in report.metrics:
             report.deletion = deletion_accuracy(m.model, m.config, images, targets, bf16=options.bf16)
+        elif "deletion" in options.analyses and not snapshot:
+            print(f"warning: {m.label}: deletion is left out; it removes residual blocks of this project's networks only",
+                  file=sys.stderr)
         report.metrics.update(explanation_metrics(report))
         reports.append(report)
     for i, report in enumerate(reports):  # another seed of the same architecture: is each layer found again?
-        others = [j for j, other in enumerate(models) if j != i and other.config == models[i].config]
+        others = [j for j, other in enumerate(models) if j != i and other.config is not None and other.config == models[i].config]
         if others:
             report.metrics[c.SANITY_SEED_IDENTIFICATION] = float(np.mean([seed_identification(joint.cross(i, j)) for j in others]))
     return reports, joint
+
+
+def _probed(m: LoadedModel, analysed: list[str]) -> tuple[list[str], list[str]]:
+    """(the layers linear probes read, those of them that are block outputs): for this project's
+    networks, each block's BN before the add and its output; for another, its block outputs
+    (nets/discover.py), or the analysed layers where it has no repeated blocks."""
+    if m.config is not None:
+        return probe_layers(m.config), m.layer_names("blocks")
+    try:
+        blocks = m.layer_names("blocks")
+    except ValueError:
+        return analysed, analysed
+    return blocks, blocks
+
+
+def _probe_sets(m: LoadedModel, probe_train: str) -> tuple[str, ...]:
+    """The training sets the probes are fitted on; a model from outside the project has no subset
+    of its own here, so its probes learn from the full training set."""
+    if m.config is None:
+        return ("full",)
+    return ("subset", "full") if probe_train == "both" else (probe_train,)
 
 
 def _without_dominant(report: ModelReport, m: LoadedModel, images: torch.Tensor, targets: torch.Tensor,
@@ -264,7 +314,7 @@ def _log(reports: Sequence[ModelReport], histories: Sequence[History | None], lo
     run_ids = []
     for report, history, m in zip(reports, histories, loaded):
         with stage_run("analyze", run_name=analysis_run_name(m)) as child:
-            mlflow.log_params(m.info.config_tags)
+            mlflow.log_params(m.info.config_tags if m.config is not None else m.params)
             _log_model(report, m, common, child.info.run_id, log_examples())
             if history is not None:
                 for epoch, snapshot in history.reports:
@@ -303,12 +353,17 @@ def _log_model(report: ModelReport, m: LoadedModel, common: dict, run_id: str, d
                                train_run_id=m.run_id, version_tags=m.tags, **common)
         write_model_report(Path(tmp), report, summary, m.info.train_accuracy)
         mlflow.log_artifacts(tmp, c.CKA_DIR)
-    client = MlflowClient()
-    for key, value in {**report.metrics, c.ANALYSIS_RUN_ID: run_id}.items():
-        client.set_model_version_tag(m.name, m.version, key, tag_value(value))
     mark_newest_analysis(m.uri, run_id)
-    client.update_model_version(m.name, m.version, description=version_description(m.info, report.metrics, run_id))
-    describe(f"The analysis of {m.uri}: {version_description(m.info, report.metrics)}")
+    if m.config is None:
+        describe(f"The analysis of {m.uri} ({', '.join(f'{k} {v}' for k, v in m.params.items() if k != 'source')}): "
+                 f"{int(report.metrics[c.BLOCK_COUNT])} block(s) over {len(report.names)} layers.")
+    client = MlflowClient()
+    if m.version:  # a registered version, this project's or another's: its tags answer registry queries
+        for key, value in {**report.metrics, c.ANALYSIS_RUN_ID: run_id}.items():
+            client.set_model_version_tag(m.name, m.version, key, tag_value(value))
+    if m.config is not None:
+        client.update_model_version(m.name, m.version, description=version_description(m.info, report.metrics, run_id))
+        describe(f"The analysis of {m.uri}: {version_description(m.info, report.metrics)}")
 
 
 def analysis_run_name(m: LoadedModel) -> str:

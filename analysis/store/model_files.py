@@ -39,13 +39,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..data import ImageData, load_dataset
-from ..nets import ModelConfig, build_model, family
+from ..nets import ModelConfig, build_model, family, layer_names
+from ..nets.discover import Layers
 from .contract import LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, SNAPSHOT_DIR, model_uri
 from .lookup import find_versions, logged_model_id, resolve_version
 from .tracking import store_lock
 from .versions import VersionInfo
 
-__all__ = ["LoadedModel", "TrainedData", "trained_data", "register", "load_model", "write_model_files", "read_model_files", "build_with_weights",
+__all__ = ["LoadedModel", "TrainedData", "trained_data", "register", "load_model", "write_model_files", "read_model_files", "build_with_weights", "finite_weights",
+           "download_version", "is_project_model", "load_version",
            "training_snapshots"]
 
 FORMAT = 1
@@ -78,24 +80,38 @@ def trained_data(versions: list[dict[str, str]]) -> TrainedData:
 
 @dataclasses.dataclass
 class LoadedModel:
+    """A network ready to analyse, and where it came from: one of this project's registered
+    versions (`config` set), or a model from outside it (store/sources.py: `config` None, its
+    layers found by running it, its declared input in `params`)."""
+
     model: nn.Module
-    config: ModelConfig
-    uri: str  # models:/NAME/VERSION, the version resolved
+    config: ModelConfig | None  # None: not one of this project's networks
+    uri: str  # models:/NAME/VERSION with the version resolved, or the source string as given
     name: str
-    version: str
+    version: str  # "" for a model that is not a registered version
     tags: dict[str, str]
-    run_id: str | None  # the training run
+    run_id: str | None  # the training run (the run that logged it, for an MLflow model)
     training: dict  # provenance recorded at training time
     model_id: str | None = None  # the LoggedModel the version was registered from (None: registered before)
+    layers: Layers | None = None  # an outside model's layers, found by running it
+    params: dict[str, str] = dataclasses.field(default_factory=dict)  # an outside model's source and declared input
 
     @property
     def label(self) -> str:
-        return f"{self.name}-v{self.version}"
+        return f"{self.name}-v{self.version}" if self.version else self.name
 
     @property
     def info(self) -> VersionInfo:
         """The version's tags, parsed."""
         return VersionInfo.from_tags(self.tags)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes if self.config is not None else self.layers.outputs
+
+    def layer_names(self, which: str = "all") -> list[str]:
+        """The layers `which` names ("all", "blocks", or a comma list of name patterns)."""
+        return layer_names(self.config, which) if self.config is not None else self.layers.select(which)
 
 
 SERVED_MODEL = Path(__file__).with_name("served_model.py")
@@ -181,8 +197,22 @@ def write_model_files(directory: Path, model: torch.nn.Module, config: ModelConf
 def load_model(uri: str, device: torch.device | str = "cpu") -> LoadedModel:
     """Rebuild a registered model from its config and safetensors weights, in eval mode."""
     version = resolve_version(uri)
+    return load_version(version, download_version(version), device)
+
+
+def download_version(version: ModelVersion) -> Path:
+    """The local folder of a registered version's MLflow Model."""
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri(version.name, version.version)))
+
+
+def is_project_model(local: Path) -> bool:
+    """Whether a downloaded version holds this project's files (as an MLflow Model, or at its root)."""
+    return (local / "artifacts" / MODEL_CONFIG_FILE).exists() or (local / MODEL_CONFIG_FILE).exists()
+
+
+def load_version(version: ModelVersion, local: Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """One of this project's versions, downloaded to `local`, rebuilt in eval mode."""
     resolved = model_uri(version.name, version.version)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved))
     if (local / "artifacts" / MODEL_CONFIG_FILE).exists():
         local = local / "artifacts"  # an MLflow Model; versions registered before hold the files at the root
     config, training, model = read_model_files(local, resolved)
@@ -237,13 +267,22 @@ def build_with_weights(config: ModelConfig, weights: Path, what: str) -> nn.Modu
         wanted = f"{expected[k][0]} {expected[k][1]}" if k in expected else "absent"
         raise ValueError(f"{what}: weights do not match the config {config} ({k}: the config needs {wanted}, "
                          f"{weights.name} holds {found}; {len(differ)} tensor(s) differ); re-register the model with `train`")
-    state = load_file(str(weights))
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ValueError(f"{what}: weights hold NaN or infinite values in {', '.join(bad[:3])}; the model cannot be analysed")
+    state = finite_weights(weights, what)
     model = build_model(config)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def finite_weights(weights: Path, what: str) -> dict[str, torch.Tensor]:
+    """The state dict in a safetensors file, refused (naming `what`) if a weight is NaN or infinite."""
+    try:
+        state = load_file(str(weights))
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"{what}: {weights.name} is missing or corrupt ({err})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{what}: weights hold NaN or infinite values in {', '.join(bad[:3])}; the model cannot be analysed")
+    return state
 
 
 def _weights_header(weights: Path, what: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
