@@ -85,8 +85,10 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("analyze", "--models models:/m/1 --measures cosine", "measures='cosine' has unknown names ['cosine']; use a comma list of linear_cka", False),
     ("analyze", "--models models:/m/1 --rbf_fraction 0", "rbf_fraction=0.0 is not allowed; use a positive fraction", False),
     ("analyze", "--models models:/m/1 --measures mutual_knn --knn_k 256", "knn_k=256 is not allowed; use an integer >= 1 and below the batch size", False),
-    ("analyze", "--models cifar10-resnet20-w1", "is not a registry URI; write models:/NAME/VERSION", True),
+    ("analyze", "--models cifar10-resnet20-w1", "is not a registry URI or a source this tool reads; write models:/NAME/VERSION", True),
     ("analyze", "--models models:/nothing/1", "model 'models:/nothing/1' is not in the registry", True),
+    ("analyze", "--models python:torchvision.models:resnet18 --dataset cifar10", "declares no input_size or mean or std; add them", True),
+    ("analyze", "--models torchvision:resnet18?input_size=32", "none of the models records the dataset it was trained on", True),
     ("analyze", "--search name=", "registry filter 'name=' is not valid", True),
     ("analyze", "--search \"name='nothing'\"", "search=\"name='nothing'\" matches no registered model version", True),
     ("sweep", "--workers 0", "workers=0 is not allowed; use an integer >= 1", False),
@@ -177,6 +179,11 @@ def test_the_table_of_bad_inputs_in_docs_is_current(tmp_path, monkeypatch, tiny_
 # Bad files, models, payloads and machines met during the work, each refused or handled by the test
 # named (file::function); the table in docs/bad-inputs.md lists them with what a user sees.
 BAD_FILES: list[tuple[str, str, str]] = [
+    ("an MLflow pytorch model in the pickle format, where MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false",
+     "model 'models:/NAME/1?...' is saved in MLflow's pickle format, and loading it runs code from the file; MLflow forbids "
+     "that here (MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false): set MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true if you trust it, "
+     "or re-log it with mlflow.pytorch.log_model(..., serialization_format='pt2')",
+     "test_sources.py::test_a_pickle_model_loads_only_where_mlflow_allows_pickle"),
     ("an image over the pixel limit (a 20,000 x 20,000 JPEG of 6 MB)",
      "image '<file>' is 20000 x 20000 pixels, more than the limit of 89,478,485 (WIDEDEEP_MAX_IMAGE_PIXELS); shrink or "
      "remove it, or raise the limit with WIDEDEEP_MAX_IMAGE_PIXELS=N",

@@ -29,7 +29,8 @@ def report_with_a_block() -> ModelReport:
     probe_acc = np.array([0.30, 0.40, 0.50, 0.52, 0.53, 0.55, 0.60, 0.70])
     return ModelReport(label="m-v1", names=NAMES, cka=np.eye(n), blocks=[block],
                        metrics={"analysis_test_accuracy": 0.8}, cka_without_pc1=without, pc1_share=share,
-                       probe_names=probe_names, probe_accuracy={"subset": probe_acc},
+                       probe_names=probe_names, probe_outputs=[n for n in probe_names if n.endswith(".relu")],
+                       probe_accuracy={"subset": probe_acc},
                        deletion={"stage1.block2": 0.78, "stage2.block2": 0.6})
 
 

@@ -108,7 +108,7 @@ def test_a_network_that_declares_no_input_is_refused_naming_the_keys():
     for bad, message in (("torchvision:resnet18?std=0", "std='0' must be one number or three"),
                          ("torchvision:resnet18?input_size=-3", "input_size='-3' must be an integer >= 1"),
                          ("torchvision:nosuchnet", "cannot be built"),
-                         ("keras:resnet", "is not a source this tool reads"),
+                         ("keras:resnet", "is not a registry URI or a source this tool reads"),
                          ("python:nosuchmodule:build?input_size=8&mean=0&std=1", "cannot import nosuchmodule")):
         with pytest.raises(ValueError, match=message):
             load_source(bad)

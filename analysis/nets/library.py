@@ -68,8 +68,9 @@ def parse_source(text: str) -> Source:
     if scheme == "models":
         target = head
     elif scheme not in SCHEMES or not target:
-        raise ValueError(f"model {text!r} is not a source this tool reads; use models:/NAME/VERSION, "
-                         "torchvision:ARCH, timm:ARCH or python:MODULE:CALLABLE (each may end in ?KEY=VALUE&...)")
+        raise ValueError(f"model {text!r} is not a registry URI or a source this tool reads; write models:/NAME/VERSION, "
+                         "models:/NAME@ALIAS, torchvision:ARCH, timm:ARCH or python:MODULE:CALLABLE (each may end in "
+                         "?KEY=VALUE&...)")
     if scheme == "python" and target.count(":") != 1:
         raise ValueError(f"model {text!r}: name the builder as python:MODULE:CALLABLE, e.g. python:mypkg.nets:build_vit")
     keys, kwargs = {}, {}
