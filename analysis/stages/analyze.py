@@ -1,4 +1,6 @@
-"""The analyze stage: every analysis of a list of registered models, in one run.
+"""The analyze stage: every analysis of a list of models, in one run: this project's registered
+versions, and models from outside it (store/sources.py: torchvision, timm, a builder of the
+researcher's own, an MLflow pytorch-flavor model), each fed the analysed images as it declares.
 
 Order, and what shares a forward pass:
 1. pc: PC1 per layer of each model (pca.estimate_pc1: `pc_iterations` passes over the examples).
