@@ -11,7 +11,8 @@
 # installed here into a private folder; the project itself is used from the checkout. Data: the
 # 1/16 CIFAR-10 folder that script puts in .gpu/cifar10, unless WIDEDEEP_DATA_DIR is set.
 #   a. the `cuda` tests: every entry point once on the device, CKA on the device against the
-#      CPU's float64, bf16 close to float32; then the precision of each engine, measured;
+#      CPU's float64 (this project's ResNets, a torchvision ResNet-18 and a ViT), bf16 close to
+#      float32; then the precision of each engine, measured;
 #   b. the training loop against a bare step, images/s and model FLOP utilisation; packs of seeds
 #      (train -P seeds=...) against one model alone: the pack's images/s, each model's, the gain;
 #   c. the CKA engine against pytorch-cka on the same layers and batches;

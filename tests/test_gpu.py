@@ -1,5 +1,6 @@
 """What the GPU check (benchmarks/gpu_check.sh) asserts on its device: every entry point once,
-CKA on the device against the CPU's float64, and bf16 activations close to float32.
+CKA on the device against the CPU's float64 (this project's networks and outside ones), and bf16
+activations close to float32.
 
 The device is $WIDEDEEP_TEST_DEVICE (default cuda: skipped on a machine without one); the check's
 --dry-run runs these same tests on the CPU, in CI, so that they never rot."""
@@ -96,6 +97,23 @@ def test_every_measure_on_the_device_matches_the_cpus_float64():
             acc.update_grams(grams)
         tolerance = 0.02 if measure == "mutual_knn" else 1e-5  # a neighbour tied in float32 may swap
         assert np.abs(on_device.within(0, measure) - acc.compute()).max() <= tolerance, measure
+
+
+def test_outside_models_on_the_device_match_the_cpus_float64():
+    """A torchvision ResNet-18 and a small ViT (random weights, their declared inputs), analysed
+    together on the device: each one's CKA against the CPU's float64, the cross matrix's shape."""
+    from analysis.store.sources import load_source
+    from tests.test_sources import RESNET, VIT
+
+    images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    loaded = [load_source(source, DEVICE) for source in (RESNET, VIT)]
+    names = [m.layer_names("blocks") for m in loaded]
+    joint = model_cka([m.model for m in loaded], names, images, torch.zeros(len(images), dtype=torch.long), batch_size=50,
+                      passes=1, progress=False)
+    assert joint.cross(0, 1).shape == (8, 2)
+    for i, m in enumerate(loaded):
+        reference = float64_cka(m.model.cpu(), names[i], images, pass_batches(len(images), 50, 1, 0))
+        assert np.abs(joint.within(i) - reference).max() <= 1e-5, m.label
 
 
 def test_bf16_activations_stay_close_to_float32():
