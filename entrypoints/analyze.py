@@ -75,10 +75,10 @@ def print_layers(m: LoadedModel) -> None:
     sets = {"all": m.layer_names("all")}
     with contextlib.suppress(ValueError):  # a network without repeated blocks has no "blocks"
         sets["blocks"] = m.layer_names("blocks")
-    if m.layers is not None:
-        sets["every layer that runs"] = m.layers.order
     for which, names in sets.items():
         print(f"{m.uri}: layers={which} ({len(names)}): {', '.join(names)}")
+    if m.layers is not None:
+        print(f"{m.uri}: every layer that runs, what patterns match ({len(m.layers.order)}): {', '.join(m.layers.order)}")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -179,6 +179,16 @@ def test_a_pickle_model_loads_only_where_mlflow_allows_pickle(store, monkeypatch
     torch.testing.assert_close(outputs(loaded.model, ["relu@2"], x)[0], outputs(net, ["relu@2"], x)[0])
 
 
+def test_layers_list_prints_every_set_of_an_outside_model(capsys):
+    from entrypoints import analyze
+
+    analyze.main(analyze.parse_args(["--models", RESNET, "--layers", "list"]))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{RESNET}: layers=all (60): conv1, bn1, relu, maxpool, layer1.0.conv1")
+    assert lines[1] == f"{RESNET}: layers=blocks (8): " + ", ".join(f"layer{s}.{b}" for s in (1, 2, 3, 4) for b in (0, 1))
+    assert lines[2].startswith(f"{RESNET}: every layer that runs, what patterns match (75): ")
+
+
 def test_source_strings_keep_their_keys_apart_from_the_builder_arguments():
     source = parse_source("timm:vit_small?img_size=32&weights=runs:/abc/w.safetensors&drop_rate=0.1&global_pool=avg")
     assert source.keys == {"weights": "runs:/abc/w.safetensors"}
