@@ -25,7 +25,7 @@ from collections import Counter
 import torch
 from torch import nn
 
-from .forward import CALL_MARK, as_input
+from .forward import CALL_MARK, as_input, split_call
 
 __all__ = ["Layers", "run_layers"]
 
@@ -42,10 +42,12 @@ class Layers:
         if which == "all":
             return [n for n in self.order if self._innermost(n) and not self._passes_through(n)]
         if which == "blocks":
-            found = [n for n in self.order if self._base(n) in self._blocks()]
+            blocks = self._blocks()
+            found = [n for n in self.order if split_call(n)[0] in blocks]
             if not found:
-                raise ValueError("layers=blocks: this network has no repeated blocks (a Sequential or ModuleList of one "
-                                 "block class); name its layers by pattern, -P layers=list prints them")
+                raise ValueError("layers=blocks: this network has no repeated blocks (a module holding two or more modules "
+                                 "of one class, each with modules of its own); name its layers by pattern, -P layers=list "
+                                 "prints them")
             return found
         patterns = [p.strip() for p in which.split(",") if p.strip()]
         for pattern in patterns:
@@ -56,16 +58,12 @@ class Layers:
                 raise ValueError(f"layers={which!r}: {hint}; -P layers=list prints them all")
         return [n for n in self.order if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
-    @staticmethod
-    def _base(name: str) -> str:
-        return name.split(CALL_MARK)[0]
-
     def _innermost(self, name: str) -> bool:
-        prefix = self._base(name) + "."
+        prefix = split_call(name)[0] + "."
         return not any(other.startswith(prefix) for other in self._calls)
 
     def _passes_through(self, name: str) -> bool:
-        return self._base(name) in self._passing
+        return split_call(name)[0] in self._passing
 
     def _blocks(self) -> set[str]:
         out = set()

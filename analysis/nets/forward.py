@@ -77,7 +77,8 @@ def tapped(model: torch.nn.Module, names: Sequence[str], on_output: Callable[[in
             calls[module] = 0
 
     def finish(*_args) -> None:
-        silent = [name for name in names if calls[split_call(name)[0]] < (split_call(name)[1] or 1)]
+        silent = [names[i] for i in sorted(i for module, by_call in wanted.items() for call, i in by_call.items()
+                                           if calls[module] < (call or 1))]
         if silent:
             raise ValueError(f"layer(s) {', '.join(map(repr, silent[:5]))} did not run in the forward pass (defined but "
                              "never called, or called fewer times); pick layers that compute the output")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SCHEMES", "Source", "InputSpec", "parse_source", "is_outside_source", "library_weights", "build_network", "declared_input",
+__all__ = ["SCHEMES", "Source", "InputSpec", "parse_source", "library_weights", "build_network", "declared_input",
            "prepare_inputs"]
 
 SCHEMES = ("torchvision", "timm", "python")
@@ -53,12 +53,9 @@ class Source:
 
     @property
     def label(self) -> str:
-        """A short name for runs, plots and artifact folders: 'torchvision.resnet18'."""
-        return f"{self.scheme}.{self.target.split(':')[-1]}" if self.scheme != "models" else self.target
-
-
-def is_outside_source(text: str) -> bool:
-    return text.split(":", 1)[0] in SCHEMES
+        """A built network's short name for runs, plots and artifact folders: 'torchvision.resnet18'
+        (a models:/ source is named by its registered version instead)."""
+        return f"{self.scheme}.{self.target.split(':')[-1]}"
 
 
 def parse_source(text: str) -> Source:

@@ -84,7 +84,7 @@ def explanation_metrics(report: ModelReport) -> dict[str, float]:
         inside = [n for n in report.probe_names if n in report.probe_outputs and n in names[largest.start : largest.end + 1]]
         if len(inside) >= 2:
             out[c.PROBE_GAIN_IN_BLOCK] = acc[inside[-1]] - acc[inside[0]]
-    if report.deletion is not None and c.ANALYSIS_ACCURACY in report.metrics:
+    if report.deletion is not None:
         base = report.metrics[c.ANALYSIS_ACCURACY]
         drops = np.array([base - a for a in report.deletion.values()])
         mask = layers_in_blocks(found, names, [f"{b}.relu" for b in report.deletion])

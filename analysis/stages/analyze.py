@@ -203,7 +203,7 @@ def _analyze(models: Sequence[LoadedModel], data: ImageData, options: AnalysisOp
                                     pool=options.probe_pool, progress=progress, bf16=options.bf16)
                 report.probe_accuracy[train_set] = probe_accuracy(m.model, probes, images, targets, progress=progress,
                                                                   bf16=options.bf16)
-        if "deletion" in options.analyses and m.config is not None and c.ANALYSIS_ACCURACY in report.metrics:
+        if "deletion" in options.analyses and m.config is not None:
             report.deletion = deletion_accuracy(m.model, m.config, images, targets, bf16=options.bf16)
         elif "deletion" in options.analyses and not snapshot:
             print(f"warning: {m.label}: deletion is left out; it removes residual blocks of this project's networks only",

@@ -47,7 +47,7 @@ from .tracking import store_lock
 from .versions import VersionInfo
 
 __all__ = ["LoadedModel", "TrainedData", "trained_data", "register", "load_model", "write_model_files", "read_model_files", "build_with_weights", "finite_weights",
-           "download_version", "is_project_model", "load_version",
+           "download_version", "project_files", "load_version",
            "training_snapshots"]
 
 FORMAT = 1
@@ -205,17 +205,16 @@ def download_version(version: ModelVersion) -> Path:
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri(version.name, version.version)))
 
 
-def is_project_model(local: Path) -> bool:
-    """Whether a downloaded version holds this project's files (as an MLflow Model, or at its root)."""
-    return (local / "artifacts" / MODEL_CONFIG_FILE).exists() or (local / MODEL_CONFIG_FILE).exists()
+def project_files(local: Path) -> Path | None:
+    """The folder of a downloaded version that holds this project's files: its artifacts/ (an
+    MLflow Model) or, for versions registered before, its root; None when it holds neither."""
+    return next((d for d in (local / "artifacts", local) if (d / MODEL_CONFIG_FILE).exists()), None)
 
 
 def load_version(version: ModelVersion, local: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """One of this project's versions, downloaded to `local`, rebuilt in eval mode."""
     resolved = model_uri(version.name, version.version)
-    if (local / "artifacts" / MODEL_CONFIG_FILE).exists():
-        local = local / "artifacts"  # an MLflow Model; versions registered before hold the files at the root
-    config, training, model = read_model_files(local, resolved)
+    config, training, model = read_model_files(project_files(local) or local, resolved)
     return LoadedModel(
         model=model.to(device).eval(),
         config=config,

@@ -30,7 +30,7 @@ from torch import nn
 from ..nets.discover import run_layers
 from ..nets.library import Source, build_network, declared_input, library_weights, parse_source, prepare_inputs
 from .lookup import logged_model_id, resolve_version
-from .model_files import LoadedModel, download_version, finite_weights, is_project_model, load_version
+from .model_files import LoadedModel, download_version, finite_weights, load_version, project_files
 
 __all__ = ["load_source", "PICKLE_ENV"]
 
@@ -45,7 +45,7 @@ def load_source(text: str, device: torch.device | str = "cpu") -> LoadedModel:
     if source.scheme == "models":
         version = resolve_version(source.target)
         local = download_version(version)
-        if is_project_model(local):
+        if project_files(local) is not None:
             if source.keys:
                 raise ValueError(f"model {text!r}: a version of this project declares its own input; drop "
                                  f"?{'&'.join(source.keys)}")
