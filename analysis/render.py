@@ -177,7 +177,7 @@ def write_predictions(result: GroupComparison, a: Sequence[str], b: Sequence[str
                       out: Path) -> None:
     """accuracy, agreement, per-class and per-example tables and their figures for groups A and B."""
     out.mkdir(parents=True, exist_ok=True)
-    labels_ab = [f"A:{u.removeprefix('models:/')}" for u in a] + [f"B:{u.removeprefix('models:/')}" for u in b]
+    labels_ab = [f"A:{label}" for label in a] + [f"B:{label}" for label in b]
     accuracy_csv, agreement_csv, per_class_csv, per_example_csv = c.PREDICTIONS_TABLES
     pd.DataFrame({"model": labels_ab, "accuracy": result.accuracy}).to_csv(out / accuracy_csv, index=False)
     pd.DataFrame(result.agreement, index=labels_ab, columns=labels_ab).to_csv(out / agreement_csv)

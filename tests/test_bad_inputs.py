@@ -113,6 +113,8 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("predictions", "--group_a ' ' --group_b y", "group_a is empty", False),
     ("predictions", "--group_a x --group_b y --device tpu", "device='tpu' is not one of auto, cpu, cuda", False),
     ("predictions", "--group_a name= --group_b \"name='b'\"", "registry filter 'name=' is not valid", True),
+    ("predictions", "--group_a torchvision:resnet18?num_classes=10&input_size=32 --group_b "
+     "torchvision:resnet18?num_classes=10&input_size=32&init_seed=1", "name the images to read with -P dataset=", True),
     ("study", "--preset huge", "preset='huge' is unknown; use one of smoke, cpu, gpu, paper", False),
     ("study", "--device tpu", "device='tpu' is not one of auto, cpu, cuda", False),
     ("study", "--dataset mnist", "dataset='mnist' is not allowed", False),

@@ -111,6 +111,21 @@ def test_what_each_measure_is_invariant_to(measure):
     assert values["independent"] < chance, values  # the biased estimators sit above 0 for independent data (d/n)
 
 
+@pytest.mark.parametrize("measure,kwargs,published", [
+    ("linear_cka_biased", {}, 0.55761),
+    ("rbf_cka", {"rbf_fraction": 0.5}, 0.65483),
+    ("linear_cka", {}, 0.51346),  # their "debiased" CKA: the unbiased HSIC of Song et al. (2012), as here
+])
+def test_the_values_kornblith_et_al_publish_in_their_demo(measure, kwargs, published):
+    """Kornblith et al. (2019)'s demo notebook (google-research/google-research,
+    representation_similarity/Demo.ipynb) prints these values, to 5 decimals, for X = randn(100, 10)
+    and Y = randn(100, 10) + X drawn after np.random.seed(1337)."""
+    rng = np.random.RandomState(1337)
+    x = rng.randn(100, 10)
+    y = rng.randn(100, 10) + x
+    assert round(measured(measure, [x], [y], **kwargs), 5) == published
+
+
 def test_the_unbiased_estimator_is_near_zero_for_independent_data_where_the_biased_is_not():
     x, y = features(0), features(5)
     assert abs(measured("linear_cka", [x], [y])) < 0.05 < measured("linear_cka_biased", [x], [y])

@@ -93,3 +93,73 @@ def test_another_test_folder_of_the_same_size_and_classes_is_scored_with_its_own
     assert second.data.metrics["accuracy_a_mean"] == pytest.approx(expected, abs=1e-6)
     tags = MlflowClient().get_model_version(versions[0].name, versions[0].version).tags
     assert {c.test_logits_tag(r.data.tags[c.TEST_DIGEST]) for r in (first, second)} <= set(tags)  # both caches kept
+
+
+TINY = "python:tests.test_sources:TinyNet?input_size=32&mean=0.5&std=0.25"
+
+
+def test_this_projects_versions_against_outside_models_with_each_registered_versions_logits_cached(store, tiny_data, capsys):
+    """Group A: two of this project's versions; group B: a registered pt2 model fed 8x8 images and a
+    network built by a builder of the researcher's own. The built one is run every time; the
+    registered ones are cached, the outside one under a tag keyed by the input it was fed."""
+    import mlflow
+    import numpy as np
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    from analysis.data import load_dataset
+    from tests.test_sources import TinyNet, log_tiny
+
+    ours = [register_model(8, 0.25, seed) for seed in (0, 1)]
+    exported = log_tiny("tiny-pt2", "pt2")  # exported at 8x8
+    group_b = f"models:/tiny-pt2/1?mean=0&std=1,{TINY}&init_seed=3"
+    argv = ["--group_a", "name='cifar10-resnet8-w0.25'", "--group_b", group_b, "--device", "cpu", "--permutations", "99"]
+    assert run_main(lambda: pred_entry.main(pred_entry.parse_args(argv))) == 0
+    client = MlflowClient()
+    [first] = runs_of("predictions")
+    assert {f.path for f in client.list_artifacts(first.info.run_id, c.LOGITS_DIR)} == {
+        "logits/cifar10-resnet8-w0.25-v1.npy", "logits/cifar10-resnet8-w0.25-v2.npy", "logits/tiny-pt2-v1.npy",
+        "logits/python.TinyNet.npy"}
+
+    # group B's logits from the two networks fed by hand: the pt2 one 8x8 (antialiased), the built one at 32
+    test = load_dataset("cifar10", tiny_data)
+    x = test.test_x.float() / 255
+    torch.manual_seed(3)
+    built = TinyNet().eval()
+    with torch.no_grad():
+        expected = {"tiny-pt2-v1": exported(TF.resize(x, [8], antialias=True)),
+                    "python.TinyNet": built(TF.normalize(x, [0.5] * 3, [0.25] * 3))}
+    for label, want in expected.items():
+        got = np.load(mlflow.artifacts.download_artifacts(artifact_uri=c.logits_artifact(first.info.run_id, label)))
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+    accuracy = np.mean([(want.argmax(1) == test.test_y).float().mean().item() for want in expected.values()])
+    assert first.data.metrics["accuracy_b_mean"] == pytest.approx(accuracy, abs=1e-6)
+
+    digest = first.data.tags[c.TEST_DIGEST]
+    fed = {"input_size": "8", "crop_pct": "1", "mean": "0/0/0", "std": "1/1/1"}
+    tags = client.get_model_version("tiny-pt2", "1").tags
+    assert tags[c.test_logits_tag(digest, fed)] == c.logits_artifact(first.info.run_id, "tiny-pt2-v1")
+    assert c.test_logits_tag(digest) not in tags  # keyed by its input too: another mean or std is another cache
+    assert c.test_logits_tag(digest) in client.get_model_version(ours[0].name, ours[0].version).tags
+
+    # Again: the registered versions' logits are reused, the built network's recomputed; the same result.
+    assert run_main(lambda: pred_entry.main(pred_entry.parse_args(argv))) == 0
+    second = next(r for r in runs_of("predictions") if r.info.run_id != first.info.run_id)
+    assert [f.path for f in client.list_artifacts(second.info.run_id, c.LOGITS_DIR)] == ["logits/python.TinyNet.npy"]
+    assert second.data.metrics == first.data.metrics
+
+    # Outside models only: the dataset must be named; a model of other classes is refused.
+    capsys.readouterr()
+    only_outside = ["--group_a", f"models:/tiny-pt2/1?mean=0&std=1,{TINY}&init_seed=4", "--group_b",
+                    f"{TINY}&init_seed=5,{TINY}&init_seed=6", "--device", "cpu"]
+    assert run_main(lambda: pred_entry.main(pred_entry.parse_args(only_outside))) == 2
+    assert "name the images to read with -P dataset=cifar10" in capsys.readouterr().err
+    assert run_main(lambda: pred_entry.main(pred_entry.parse_args([*only_outside, "--dataset", "cifar10",
+                                                                   "--permutations", "9"]))) == 0
+    last = max(runs_of("predictions"), key=lambda r: r.info.start_time)
+    assert {f.path for f in client.list_artifacts(last.info.run_id, c.LOGITS_DIR)} == {
+        "logits/python.TinyNet.npy", "logits/python.TinyNet-2.npy", "logits/python.TinyNet-3.npy"}  # the pt2 one: cached
+    other_classes = ["--group_a", "name='cifar10-resnet8-w0.25'", "--group_b", "torchvision:resnet18?input_size=32", "--device", "cpu"]
+    assert run_main(lambda: pred_entry.main(pred_entry.parse_args(other_classes))) == 2
+    assert ("torchvision:resnet18?input_size=32 predicts 1000 classes but dataset 'cifar10' has 10"
+            in capsys.readouterr().err)

@@ -60,11 +60,11 @@ from ..store.datasets import log_analysed_examples
 from ..store.summary import ModelSummary
 from ..store.versions import tag_value, version_description
 from .train import cell_label
-from ..store.model_files import LoadedModel, TrainedData, build_with_weights, trained_data, training_snapshots
-from ..store.sources import load_source
+from ..store.model_files import LoadedModel, build_with_weights, training_snapshots
+from ..store.sources import check_dataset, load_sources
 from ..store.tracking import describe, stage_run
 
-__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "History", "example_indices", "check_dataset"]
+__all__ = ["AnalyzeOutcome", "analyze_stage", "analyze_models", "analyze_history", "History", "example_indices"]
 
 HISTORY_ANALYSES = ("cka", "pc", "dominant")  # what each training snapshot gets; probes and deletion are left to the final model
 
@@ -83,7 +83,7 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
     params = {**dataclasses.asdict(options), "analyses": ",".join(options.analyses), "models": ",".join(uris),
               "dataset": dataset, "data_dir": data_dir, "device": device}
     with stage_run("analyze", run_name or f"analyze-{len(uris)}-models", params) as run:
-        loaded = distinct_labels([load_source(uri, resolve_device(device)) for uri in uris])
+        loaded = load_sources(uris, resolve_device(device))
         for m in loaded:  # a layer pattern that matches nothing is refused before any data is read
             m.layer_names(options.layers)
             if options.history and m.config is None:
@@ -104,37 +104,6 @@ def analyze_stage(uris: Sequence[str], options: AnalysisOptions, dataset: str = 
                  f"{options.bn_mode(snapshot=False)}. With a block: {', '.join(with_block) or 'none'}. Each model's "
                  "numbers, matrices and heatmaps are in its child run" + ("; the cross-model matrices are here." if len(loaded) > 1 else "."))
     return AnalyzeOutcome(run.info.run_id, reports, joint, model_runs)
-
-
-def check_dataset(loaded: Sequence[LoadedModel], requested: str = "") -> TrainedData:
-    """The one dataset, image size and pipeline all of this project's `loaded` models were trained
-    on (the dataset `requested`, if given); models from outside the project record none, and are
-    analysed on it as they declare their input. Without any of this project's models, the dataset
-    must be `requested`, and is read as stored."""
-    ours = [m for m in loaded if m.config is not None]
-    if not ours:
-        if not requested:
-            raise ValueError("none of the models records the dataset it was trained on; name the images to analyse "
-                             "them on with -P dataset=cifar10 (or another dataset, with -P data_dir=...)")
-        return TrainedData(requested, 0, requested == "imagenet")
-    trained = trained_data([m.tags for m in ours])
-    if requested and requested != trained.dataset:
-        raise ValueError(f"dataset={requested!r} but the models were trained on {trained.dataset!r}; leave dataset empty "
-                         "or pick matching models")
-    if {m.config.num_classes for m in ours} != {ours[0].config.num_classes}:
-        raise ValueError("the models have different numbers of classes; analyse them separately")
-    return trained
-
-
-def distinct_labels(loaded: list[LoadedModel]) -> list[LoadedModel]:
-    """The models, those whose labels repeat (one architecture, two weights files) numbered: each
-    model's runs and cross-model folders are named by its label."""
-    seen: dict[str, int] = {}
-    out = []
-    for m in loaded:
-        seen[m.label] = seen.get(m.label, 0) + 1
-        out.append(dataclasses.replace(m, name=f"{m.name}-{seen[m.label]}") if seen[m.label] > 1 else m)
-    return out
 
 
 def example_indices(num_test: int, options: AnalysisOptions) -> torch.Tensor:

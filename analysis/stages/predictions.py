@@ -1,10 +1,14 @@
-"""The predictions stage: do two groups of registered models (e.g. every seed of a wide and of a
-deep architecture) make different errors, beyond the variation between seeds of one architecture?
+"""The predictions stage: do two groups of models (e.g. every seed of a wide and of a deep
+architecture, or this project's ResNets against torchvision's) make different errors, beyond the
+variation between seeds of one architecture?
 
-Each version's test-set logits are computed once, logged under this run's `logits/` and recorded
-on the version (tag contract.test_logits_tag(digest), a runs:/ URI that resolves), keyed by the
-test set's digest (every pixel and label, or the streamed file list); later comparisons on the
-same test set download them instead of running the model again, and another folder recomputes.
+A group is a registry filter or a list of model sources (store/sources.py). Each model's test-set
+logits are logged under this run's `logits/`. A registered version's are also recorded on the
+version (tag contract.test_logits_tag, a runs:/ URI that resolves), keyed by the test set's digest
+(every pixel and label, or the streamed file list) and, for a model from outside the project, by
+the input it was fed; later comparisons on the same test set download them instead of running the
+model again, and another folder recomputes. A built source (torchvision:, timm:, python:) is run
+every time: its string does not pin its weights (a file or module can change under one name).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -23,10 +26,12 @@ from ..data import ImageData
 from ..device import resolve_device
 from ..nets import predict_logits
 from ..render import write_predictions
+from ..nets.library import SCHEMES
 from ..science.predictions import compare_groups
 from ..store import contract as c
 from ..store.lookup import resolve_version, split_uris, uris_matching
-from ..store.model_files import load_model, trained_data
+from ..store.model_files import LoadedModel
+from ..store.sources import check_dataset, load_sources
 from ..store.tracking import describe, stage_run
 
 __all__ = ["PredictionsOutcome", "predictions_stage", "group_uris"]
@@ -41,36 +46,41 @@ class PredictionsOutcome:
 
 
 def group_uris(spec: str, which: str) -> list[str]:
-    """A registry filter ("name='cifar10-resnet20-w4'") or comma-separated models:/ URIs."""
+    """A registry filter ("name='cifar10-resnet20-w4'") or comma-separated model sources
+    (models:/ URIs, torchvision:ARCH, ...)."""
     spec = spec.strip()
-    return split_uris(spec) if spec.startswith("models:/") else uris_matching(spec, which)
+    return split_uris(spec) if spec.startswith(("models:/", *(f"{s}:" for s in SCHEMES))) else uris_matching(spec, which)
 
 
 def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutations: int = 9999, device: str = "auto",
-                      data_dir: str = "", run_name: str = "predictions") -> PredictionsOutcome:
+                      data_dir: str = "", run_name: str = "predictions", dataset: str = "") -> PredictionsOutcome:
     if not 0 < alpha < 1:
         raise ValueError(f"alpha={alpha!r} is not allowed; use a false discovery rate in (0, 1), e.g. 0.05")
     if permutations < 1:
         raise ValueError(f"permutations={permutations!r} is not allowed; use an integer >= 1 (the default: 9999)")
     for spec, which in ((group_a, "group_a"), (group_b, "group_b")):
         if not spec.strip():
-            raise ValueError(f"{which} is empty; give a registry filter such as \"name='cifar10-resnet20-w4'\" or models:/ URIs")
+            raise ValueError(f"{which} is empty; give a registry filter such as \"name='cifar10-resnet20-w4'\" or model sources")
     params = {"group_a": group_a, "group_b": group_b, "alpha": alpha, "permutations": permutations, "device": device,
-              "data_dir": data_dir}
+              "dataset": dataset, "data_dir": data_dir}
     with stage_run("predictions", run_name, params) as run:
         a, b = group_uris(group_a, "group_a"), group_uris(group_b, "group_b")
         if set(a) & set(b):
             raise ValueError(f"groups share models {sorted(set(a) & set(b))}; the groups must be disjoint")
-        trained = trained_data([resolve_version(u).tags for u in [*a, *b]])
-        data = trained.load(data_dir)
+        loaded = load_sources([*a, *b], resolve_device(device))
+        data = check_dataset(loaded, dataset).load(data_dir)
+        for m in loaded:
+            if m.num_classes != data.num_classes:
+                raise ValueError(f"{m.uri} predicts {m.num_classes} classes but dataset {data.name!r} has {data.num_classes}; "
+                                 "compare models that predict the dataset's classes (for a built network: num_classes="
+                                 f"{data.num_classes} and weights trained on it)")
         digest = data.test_digest()
         mlflow.set_tag(c.TEST_DIGEST, digest)
         with tempfile.TemporaryDirectory() as tmp:
-            logits = [_cached_logits(u, resolve_device(device), data, digest, run.info.run_id, Path(tmp) / c.LOGITS_DIR)
-                      for u in [*a, *b]]
+            logits = [_cached_logits(m, data, digest, run.info.run_id, Path(tmp) / c.LOGITS_DIR) for m in loaded]
             preds = np.stack([x.argmax(1) for x in logits])
             result = compare_groups(preds[: len(a)], preds[len(a):], data.test_y.numpy(), data.num_classes, alpha, permutations)
-            write_predictions(result, a, b, data.classes, data.test_y.numpy(), Path(tmp) / c.PREDICTIONS_DIR)
+            write_predictions(result, [m.label for m in loaded[: len(a)]], [m.label for m in loaded[len(a):]], data.classes, data.test_y.numpy(), Path(tmp) / c.PREDICTIONS_DIR)
             mlflow.log_artifacts(tmp)
         mlflow.set_tags({c.GROUP_A: ",".join(a), c.GROUP_B: ",".join(b)})
         metrics = {**result.metrics(), "accuracy_a_mean": float(result.accuracy[: len(a)].mean()),
@@ -83,12 +93,14 @@ def predictions_stage(group_a: str, group_b: str, alpha: float = 0.05, permutati
     return PredictionsOutcome(run.info.run_id, a, b, metrics)
 
 
-def _cached_logits(uri: str, device: torch.device, data: ImageData, digest: str, run_id: str, out: Path) -> np.ndarray:
-    """The version's logits on the test set of `digest`: reused from the artifact its tag points
-    at, else computed, written under `out` (logged as this run's logits/) and recorded on the version."""
-    version = resolve_version(uri)
-    tag = c.test_logits_tag(digest)
-    artifact = version.tags.get(tag)
+def _cached_logits(loaded: LoadedModel, data: ImageData, digest: str, run_id: str, out: Path) -> np.ndarray:
+    """The model's logits on the test set of `digest`: a registered version's reused from the
+    artifact its tag points at; else computed and written under `out` (logged as this run's
+    logits/), and recorded on the version if it is one."""
+    version = resolve_version(loaded.uri) if loaded.version else None
+    fed = {k: v for k, v in loaded.params.items() if k not in ("source", "input_declared_by")}  # outside models: the input
+    tag = c.test_logits_tag(digest, fed)
+    artifact = version.tags.get(tag) if version else None
     if artifact:
         try:
             logits = np.load(mlflow.artifacts.download_artifacts(artifact_uri=artifact))
@@ -96,9 +108,9 @@ def _cached_logits(uri: str, device: torch.device, data: ImageData, digest: str,
                 return logits
         except (MlflowException, OSError, ValueError):
             pass  # missing or unreadable: recompute
-    loaded = load_model(uri, device)
     logits = predict_logits(loaded.model, data.test_x).cpu().numpy()
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / f"{loaded.label}.npy", logits)
-    MlflowClient().set_model_version_tag(version.name, version.version, tag, c.logits_artifact(run_id, loaded.label))
+    if version:
+        MlflowClient().set_model_version_tag(version.name, version.version, tag, c.logits_artifact(run_id, loaded.label))
     return logits

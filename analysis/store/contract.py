@@ -23,6 +23,9 @@ metrics with ANALYSIS_RUN_ID, TEST_LOGITS.<test set digest> (a runs:/ URI of cac
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 # --- run tags ---------------------------------------------------------------------------------
 KIND = "widedeep.kind"
 KINDS = ("train", "pack", "analyze", "compare", "predictions", "sweep", "search", "study")
@@ -256,9 +259,13 @@ def cross_dir(label_a: str, label_b: str) -> str:
     return f"{CROSS_DIR}/{label_a}__vs__{label_b}"
 
 
-def test_logits_tag(test_digest: str) -> str:
-    """The version tag that points at its cached logits on the test set of this digest."""
-    return f"{TEST_LOGITS}.{test_digest}"
+def test_logits_tag(test_digest: str, fed: dict[str, str] | None = None) -> str:
+    """The version tag that points at its cached logits on the test set of this digest; for a
+    model from outside the project, also keyed by the input it was `fed` (size, crop, mean, std),
+    since its source's keys can change that."""
+    if not fed:
+        return f"{TEST_LOGITS}.{test_digest}"
+    return f"{TEST_LOGITS}.{test_digest}.{hashlib.sha256(json.dumps(fed, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
 def logits_artifact(run_id: str, label: str) -> str:

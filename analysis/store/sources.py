@@ -1,4 +1,4 @@
-"""Every model `analyze` reads, from its source string (nets/library.py gives the grammar):
+"""Every model `analyze` and `predictions` read, from its source string (nets/library.py gives the grammar):
 
 - models:/NAME/VERSION of this project: rebuilt from its config and safetensors (model_files.py);
 - models:/NAME/VERSION logged with MLflow's pytorch flavor:
@@ -18,7 +18,9 @@ An outside model's layers are found by running it on two images of its declared 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Sequence
 
 import mlflow
 import torch
@@ -30,9 +32,9 @@ from torch import nn
 from ..nets.discover import run_layers
 from ..nets.library import Source, build_network, declared_input, library_weights, parse_source, prepare_inputs
 from .lookup import logged_model_id, resolve_version
-from .model_files import LoadedModel, download_version, finite_weights, load_version, project_files
+from .model_files import LoadedModel, TrainedData, download_version, finite_weights, load_version, project_files, trained_data
 
-__all__ = ["load_source", "PICKLE_ENV"]
+__all__ = ["load_source", "load_sources", "check_dataset", "PICKLE_ENV"]
 
 PICKLE_ENV = MLFLOW_ALLOW_PICKLE_DESERIALIZATION.name
 PT2_FILE = "model.pt2"
@@ -73,6 +75,37 @@ def load_source(text: str, device: torch.device | str = "cpu") -> LoadedModel:
                          "check its input_size, and that it takes a batch of images (N, 3, H, W)") from None
     loaded.params = {"source": source.text, **spec.params()}
     return loaded
+
+
+def load_sources(texts: Sequence[str], device: torch.device | str = "cpu") -> list[LoadedModel]:
+    """Every model the source strings name; where labels repeat (one architecture, two weights
+    files) they are numbered, since each model's runs and artifact folders are named by its label."""
+    seen: dict[str, int] = {}
+    out = []
+    for m in (load_source(text, device) for text in texts):
+        seen[m.label] = seen.get(m.label, 0) + 1
+        out.append(dataclasses.replace(m, name=f"{m.name}-{seen[m.label]}") if seen[m.label] > 1 else m)
+    return out
+
+
+def check_dataset(loaded: Sequence[LoadedModel], requested: str = "") -> TrainedData:
+    """The one dataset, image size and pipeline all of this project's `loaded` models were trained
+    on (the dataset `requested`, if given); models from outside the project record none, and are
+    fed it as they declare their input. Without any of this project's models, the dataset must be
+    `requested`, and is read as stored."""
+    ours = [m for m in loaded if m.config is not None]
+    if not ours:
+        if not requested:
+            raise ValueError("none of the models records the dataset it was trained on; name the images to read "
+                             "with -P dataset=cifar10 (or another dataset, with -P data_dir=...)")
+        return TrainedData(requested, 0, requested == "imagenet")
+    trained = trained_data([m.tags for m in ours])
+    if requested and requested != trained.dataset:
+        raise ValueError(f"dataset={requested!r} but the models were trained on {trained.dataset!r}; leave dataset empty "
+                         "or pick matching models")
+    if {m.config.num_classes for m in ours} != {ours[0].config.num_classes}:
+        raise ValueError("the models have different numbers of classes; analyse them separately")
+    return trained
 
 
 def _mlflow_pytorch(local: Path, source: Source) -> tuple[nn.Module, int | None]:
