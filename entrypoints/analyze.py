@@ -79,6 +79,8 @@ def print_layers(m: LoadedModel) -> None:
         print(f"{m.uri}: layers={which} ({len(names)}): {', '.join(names)}")
     if m.layers is not None:
         print(f"{m.uri}: every layer that runs, what patterns match ({len(m.layers.order)}): {', '.join(m.layers.order)}")
+        functional = m.layers.functional(m.model)
+        print(f"{m.uri}: functional operations, tapped when a pattern names them ({len(functional)}): {', '.join(functional)}")
 
 
 def main(args: argparse.Namespace) -> None:

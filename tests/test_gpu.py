@@ -100,14 +100,15 @@ def test_every_measure_on_the_device_matches_the_cpus_float64():
 
 
 def test_outside_models_on_the_device_match_the_cpus_float64():
-    """A torchvision ResNet-18 and a small ViT (random weights, their declared inputs), analysed
-    together on the device: each one's CKA against the CPU's float64, the cross matrix's shape."""
+    """A torchvision ResNet-18 (its residual sums, functional operations tapped) and a small ViT
+    (its blocks), random weights, their declared inputs, analysed together on the device: each
+    one's CKA against the CPU's float64, the cross matrix's shape."""
     from analysis.store.sources import load_source
     from tests.test_sources import RESNET, VIT
 
     images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     loaded = [load_source(source, DEVICE) for source in (RESNET, VIT)]
-    names = [m.layer_names("blocks") for m in loaded]
+    names = [loaded[0].layer_names("layer*.add"), loaded[1].layer_names("blocks")]  # the ResNet's residual sums: tapped
     joint = model_cka([m.model for m in loaded], names, images, torch.zeros(len(images), dtype=torch.long), batch_size=50,
                       passes=1, progress=False)
     assert joint.cross(0, 1).shape == (8, 2)

@@ -187,6 +187,41 @@ def test_layers_list_prints_every_set_of_an_outside_model(capsys):
     assert lines[0].startswith(f"{RESNET}: layers=all (60): conv1, bn1, relu, maxpool, layer1.0.conv1")
     assert lines[1] == f"{RESNET}: layers=blocks (8): " + ", ".join(f"layer{s}.{b}" for s in (1, 2, 3, 4) for b in (0, 1))
     assert lines[2].startswith(f"{RESNET}: every layer that runs, what patterns match (75): ")
+    assert lines[3] == (f"{RESNET}: functional operations, tapped when a pattern names them (9): flatten, "
+                        + ", ".join(f"layer{s}.{b}.add" for s in (1, 2, 3, 4) for b in (0, 1)))
+
+
+@pytest.mark.parametrize("source,wanted", [
+    (RESNET, ["layer1.0.add", "layer4.1.add", "flatten"]),  # the residual sums before their in-place ReLU
+    (VIT, ["encoder.layers.encoder_layer_1.add_1", "getitem_5"]),  # a block's second residual sum; the class token
+])
+def test_functional_operations_are_layers_as_torchvisions_feature_extraction_reads_them(source, wanted):
+    """Tapped by name, each equals what torchvision's create_feature_extractor returns for the node
+    of that name; the network's logits, its blocks and `all` are what they were."""
+    import copy
+
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    loaded = load_source(source)
+    untouched = copy.deepcopy(loaded.model)  # its forward as built: the extractor reads it (without the input pre-hook)
+    for module in untouched.modules():  # else the extractor hands back the sum as the in-place ReLU after it left it
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    blocks, every = loaded.layer_names("blocks"), loaded.layer_names("all")
+    assert set(loaded.layers.functional(loaded.model)) <= set(get_graph_node_names(untouched)[1])  # the same names
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        before = loaded.model(x)
+        names = loaded.layer_names(",".join(wanted))
+        assert sorted(names) == sorted(wanted)
+        got = dict(zip(names, outputs(loaded.model, names, x)))
+        spec = loaded.params
+        prepared = TF.normalize(x, [float(v) for v in spec["mean"].split("/")], [float(v) for v in spec["std"].split("/")])
+        expected = create_feature_extractor(untouched, wanted)(prepared)
+        torch.testing.assert_close(loaded.model(x), before)
+    for name in wanted:
+        torch.testing.assert_close(got[name], expected[name])
+    assert loaded.layer_names("blocks") == blocks and loaded.layer_names("all") == every
 
 
 def test_source_strings_keep_their_keys_apart_from_the_builder_arguments():

@@ -14,7 +14,9 @@ hook on every module:
   children are two or more modules of one class, each holding modules of its own (torchvision's
   ResNet `layer1.0` ..., its ViT `encoder.layers.encoder_layer_0` ..., timm's `blocks.0` ...;
   the same names in an exported graph, whose modules all have one class);
-- anything else: a comma list of shell-style patterns over every layer's name.
+- anything else: a comma list of shell-style patterns over every layer's name, functional
+  operations included (nets/functional.py: `layer1.0.add`), which are tapped when a pattern
+  names them.
 """
 
 from __future__ import annotations
@@ -26,16 +28,42 @@ import torch
 from torch import nn
 
 from .forward import CALL_MARK, as_input, split_call
+from .functional import FunctionalLayer, Tap, expose, functional_layers
 
 __all__ = ["Layers", "run_layers"]
+
 
 class Layers:
     """The layers one forward pass of a network ran, and the sets of them that can be asked for."""
 
-    def __init__(self, order: list[str], modules: dict[str, nn.Module], calls: Counter, passing: set[str], outputs: int):
+    def __init__(self, order: list[str], modules: dict[str, nn.Module], calls: Counter, passing: set[str], outputs: int,
+                 images: torch.Tensor):
         self.order = order  # every layer (a module, or NAME@K for a module run K times), in forward order
         self.outputs = outputs  # the width of the network's output: its classes
+        self.images = images  # the two uint8 images it was found with
         self._modules, self._calls, self._passing = modules, calls, passing
+        self._functional: list[FunctionalLayer] | None = None  # found when first asked for: it traces every module
+
+    def functional(self, model: nn.Module) -> list[str]:
+        """The names of `model`'s functional operations (nets/functional.py), tapped or not."""
+        if self._functional is None:
+            self._functional = functional_layers(model, as_input(self.images, next(model.parameters()).device))
+        return [f.name for f in self._functional]
+
+    def tapping(self, model: nn.Module, which: str) -> Layers:
+        """These layers, or, where a pattern of `which` names functional operations not yet tapped,
+        `model` with them tapped and its layers found again."""
+        if which in ("all", "blocks", "list"):
+            return self
+        patterns = [p.strip() for p in which.split(",") if p.strip()]
+        self.functional(model)
+        wanted = [f for f in self._functional if f.name not in self._calls and any(fnmatch.fnmatchcase(f.name, p) for p in patterns)]
+        if not wanted:
+            return self
+        expose(model, wanted)
+        found = run_layers(model, self.images)
+        found._functional = self._functional
+        return found
 
     def select(self, which: str) -> list[str]:
         """The layers of `which`: "all", "blocks" or a comma list of patterns (see the module doc)."""
@@ -68,7 +96,7 @@ class Layers:
     def _blocks(self) -> set[str]:
         out = set()
         for name, module in self._modules.items():
-            children = list(module.named_children())
+            children = [(n, child) for n, child in module.named_children() if not isinstance(child, Tap)]
             if (len(children) >= 2 and len({type(child) for _, child in children}) == 1
                     and all(any(True for _ in child.children()) for _, child in children)):
                 out.update(f"{name}.{child}" for child, _ in children)
@@ -116,4 +144,4 @@ def run_layers(model: nn.Module, images: torch.Tensor) -> Layers:
         raise ValueError(f"the network returns {type(out).__name__}{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}, "
                          "not logits (N, classes); wrap it so that forward returns them")
     names = [n if calls[n] == 1 else f"{n}{CALL_MARK}{k}" for n, k in order]
-    return Layers(names, modules, calls, set(calls) - computing, out.shape[1])
+    return Layers(names, modules, calls, set(calls) - computing, out.shape[1], images[:2])

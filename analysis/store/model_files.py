@@ -111,7 +111,10 @@ class LoadedModel:
 
     def layer_names(self, which: str = "all") -> list[str]:
         """The layers `which` names ("all", "blocks", or a comma list of name patterns)."""
-        return layer_names(self.config, which) if self.config is not None else self.layers.select(which)
+        if self.config is not None:
+            return layer_names(self.config, which)
+        self.layers = self.layers.tapping(self.model, which)  # functional operations a pattern names are tapped first
+        return self.layers.select(which)
 
 
 SERVED_MODEL = Path(__file__).with_name("served_model.py")
