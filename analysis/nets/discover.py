@@ -53,9 +53,9 @@ class Layers:
     def tapping(self, model: nn.Module, which: str) -> Layers:
         """These layers, or, where a pattern of `which` names functional operations not yet tapped,
         `model` with them tapped and its layers found again."""
-        if which in ("all", "blocks", "list"):
+        if which in ("all", "blocks"):
             return self
-        patterns = [p.strip() for p in which.split(",") if p.strip()]
+        patterns = _patterns(which)
         self.functional(model)
         wanted = [f for f in self._functional if f.name not in self._calls and any(fnmatch.fnmatchcase(f.name, p) for p in patterns)]
         if not wanted:
@@ -77,7 +77,7 @@ class Layers:
                                  "of one class, each with modules of its own); name its layers by pattern, -P layers=list "
                                  "prints them")
             return found
-        patterns = [p.strip() for p in which.split(",") if p.strip()]
+        patterns = _patterns(which)
         for pattern in patterns:
             if not fnmatch.filter(self.order, pattern):
                 runs = self._calls.get(pattern, 0)
@@ -101,6 +101,10 @@ class Layers:
                     and all(any(True for _ in child.children()) for _, child in children)):
                 out.update(f"{name}.{child}" for child, _ in children)
         return out
+
+
+def _patterns(which: str) -> list[str]:
+    return [p.strip() for p in which.split(",") if p.strip()]
 
 
 @torch.inference_mode()

@@ -76,23 +76,11 @@ def functional_layers(model: nn.Module, inputs: torch.Tensor) -> list[Functional
     """Every functional operation of `model` whose result is a tensor, owners in the order they first
     run on `inputs` (a batch as the model takes it), operations in their owner's order."""
     owners = {name: m for name, m in model.named_modules() if name == "" or any(True for _ in m.children())}
-    seen: dict[str, tuple[tuple, dict]] = {}  # each owner's inputs at its first call
-
-    def capture_for(name: str):
-        def capture(_module, args, kwargs) -> None:
-            seen.setdefault(name, (args, kwargs))
-
-        return capture
-
-    handles = [m.register_forward_pre_hook(capture_for(n), with_kwargs=True) for n, m in owners.items()]
     was_training = model.training
     found = []
     try:
         model.eval()  # BatchNorm's running statistics stay as they are
-        model(inputs)
-        for h in handles:
-            h.remove()
-        for name, (args, kwargs) in seen.items():
+        for name, (args, kwargs) in _first_inputs(model, owners, inputs).items():
             graph = None if kwargs else _trace(owners[name])  # a graph's inputs are positional: keyword calls are left out
             if graph is None:
                 continue
@@ -104,9 +92,27 @@ def functional_layers(model: nn.Module, inputs: torch.Tensor) -> list[Functional
             found += [FunctionalLayer(name, node) for node in recorder.tensors]
     finally:
         model.train(was_training)
+    return found
+
+
+def _first_inputs(model: nn.Module, owners: dict[str, nn.Module], inputs: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
+    """Each of the `owners` that runs when `model` takes `inputs`: its (args, kwargs) at its first
+    call, in the order they first run."""
+    seen: dict[str, tuple[tuple, dict]] = {}
+
+    def capture_for(name: str):
+        def capture(_module, args, kwargs) -> None:
+            seen.setdefault(name, (args, kwargs))
+
+        return capture
+
+    handles = [m.register_forward_pre_hook(capture_for(n), with_kwargs=True) for n, m in owners.items()]
+    try:
+        model(inputs)
+    finally:
         for h in handles:
             h.remove()
-    return found
+    return seen
 
 
 def expose(model: nn.Module, layers: list[FunctionalLayer]) -> None:

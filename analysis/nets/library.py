@@ -152,10 +152,14 @@ class InputSpec:
     std: tuple[float, float, float]
     origin: str  # where it was read: params, the builder's arguments, the library's config
 
-    def params(self) -> dict[str, str]:
-        """As logged with the analysis."""
+    def fed(self) -> dict[str, str]:
+        """How the images are prepared: what the network's outputs on them depend on."""
         return {"input_size": str(self.size), "crop_pct": f"{self.crop_pct:g}", "mean": "/".join(f"{v:g}" for v in self.mean),
-                "std": "/".join(f"{v:g}" for v in self.std), "input_declared_by": self.origin}
+                "std": "/".join(f"{v:g}" for v in self.std)}
+
+    def params(self) -> dict[str, str]:
+        """As logged with the analysis: how the images are prepared, and where that was declared."""
+        return {**self.fed(), "input_declared_by": self.origin}
 
 
 def declared_input(source: Source, network: nn.Module, exported_size: int | None = None) -> InputSpec:

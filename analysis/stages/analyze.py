@@ -326,7 +326,7 @@ def _log_model(report: ModelReport, m: LoadedModel, common: dict, run_id: str, d
         mlflow.log_artifacts(tmp, c.CKA_DIR)
     mark_newest_analysis(m.uri, run_id)
     if m.config is None:
-        describe(f"The analysis of {m.uri} ({', '.join(f'{k} {v}' for k, v in m.params.items() if k != 'source')}): "
+        describe(f"The analysis of {m.uri} ({', '.join(f'{k} {v}' for k, v in m.input.params().items())}): "
                  f"{int(report.metrics[c.BLOCK_COUNT])} block(s) over {len(report.names)} layers.")
     client = MlflowClient()
     if m.version:  # a registered version, this project's or another's: its tags answer registry queries

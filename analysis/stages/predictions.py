@@ -98,8 +98,7 @@ def _cached_logits(loaded: LoadedModel, data: ImageData, digest: str, run_id: st
     artifact its tag points at; else computed and written under `out` (logged as this run's
     logits/), and recorded on the version if it is one."""
     version = resolve_version(loaded.uri) if loaded.version else None
-    fed = {k: v for k, v in loaded.params.items() if k not in ("source", "input_declared_by")}  # outside models: the input
-    tag = c.test_logits_tag(digest, fed)
+    tag = c.test_logits_tag(digest, loaded.input.fed() if loaded.input is not None else None)
     artifact = version.tags.get(tag) if version else None
     if artifact:
         try:

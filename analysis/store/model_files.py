@@ -41,6 +41,7 @@ from torch import nn
 from ..data import ImageData, load_dataset
 from ..nets import ModelConfig, build_model, family, layer_names
 from ..nets.discover import Layers
+from ..nets.library import InputSpec
 from .contract import LINEAGE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, NEWEST_ALIAS, SNAPSHOT_DIR, model_uri
 from .lookup import find_versions, logged_model_id, resolve_version
 from .tracking import store_lock
@@ -94,7 +95,8 @@ class LoadedModel:
     training: dict  # provenance recorded at training time
     model_id: str | None = None  # the LoggedModel the version was registered from (None: registered before)
     layers: Layers | None = None  # an outside model's layers, found by running it
-    params: dict[str, str] = dataclasses.field(default_factory=dict)  # an outside model's source and declared input
+    source: str = ""  # an outside model's source string, as given
+    input: InputSpec | None = None  # an outside model's declared input
 
     @property
     def label(self) -> str:
@@ -104,6 +106,11 @@ class LoadedModel:
     def info(self) -> VersionInfo:
         """The version's tags, parsed."""
         return VersionInfo.from_tags(self.tags)
+
+    @property
+    def params(self) -> dict[str, str]:
+        """An outside model's source and declared input, as logged; empty for this project's versions."""
+        return {"source": self.source, **self.input.params()} if self.input is not None else {}
 
     @property
     def num_classes(self) -> int:

@@ -73,7 +73,7 @@ def load_source(text: str, device: torch.device | str = "cpu") -> LoadedModel:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"model {text!r}: a forward pass of two {spec.size}x{spec.size} images failed ({first}); "
                          "check its input_size, and that it takes a batch of images (N, 3, H, W)") from None
-    loaded.params = {"source": source.text, **spec.params()}
+    loaded.source, loaded.input = source.text, spec
     return loaded
 
 
